@@ -1,0 +1,97 @@
+//! The whole mesh in one process: the gateway, plus an Optimizer and a
+//! Storage service for each upstream URL left unset. They still talk over
+//! real gRPC on loopback, exactly as when deployed apart.
+
+use anyhow::Context as _;
+use clap::Parser;
+use http::Uri;
+use nws_watermark::config::CommonConfig;
+use optimizer_svc::OptimizerConfig;
+use storage_svc::StorageConfig;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::GatewayConfig;
+
+/// Every setting of the gateway binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "NWS Watermark gateway (and, by default, the whole mesh)"
+)]
+pub struct MeshConfig {
+    #[command(flatten)]
+    pub gateway: GatewayConfig,
+    #[command(flatten)]
+    pub optimizer: OptimizerConfig,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+/// Runs until `shutdown` is cancelled or a service fails. The gateway
+/// drains first, so the embedded services finish the calls it still makes.
+pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let drain = config.common.drain_timeout;
+    let services_stop = CancellationToken::new();
+    let mut embedded = JoinSet::new();
+
+    let optimizer_url = match config.gateway.optimizer_url.clone() {
+        Some(url) => url,
+        None => {
+            let app = optimizer_svc::build(config.optimizer.clone()).await?;
+            let url = loopback_url(app.local_addr())?;
+            embedded.spawn(app.run_until_stopped(services_stop.clone().cancelled_owned(), drain));
+            url
+        }
+    };
+    let storage_url = match config.gateway.storage_url.clone() {
+        Some(url) => url,
+        None => {
+            let app = storage_svc::build(config.storage.clone()).await?;
+            let url = loopback_url(app.local_addr())?;
+            embedded.spawn(app.run_until_stopped(services_stop.clone().cancelled_owned(), drain));
+            url
+        }
+    };
+    tracing::info!(optimizer = %optimizer_url, storage = %storage_url, "upstreams");
+    let gateway = crate::build(&config.gateway, optimizer_url, storage_url).await?;
+
+    // A failing embedded service stops the whole process rather than
+    // leaving a gateway that can only answer 503.
+    let gateway_stop = shutdown.clone();
+    let watch_embedded = async {
+        while let Some(result) = embedded.join_next().await {
+            let failure = match result {
+                Ok(Ok(())) if services_stop.is_cancelled() => continue,
+                Ok(Ok(())) => anyhow::anyhow!("an embedded service stopped unexpectedly"),
+                Ok(Err(error)) => error,
+                Err(join_error) => anyhow::Error::new(join_error).context("an embedded service panicked"),
+            };
+            gateway_stop.cancel();
+            return Err(failure);
+        }
+        Ok(())
+    };
+
+    let serve = async {
+        let result = gateway.run_until_stopped(shutdown.cancelled(), drain).await;
+        services_stop.cancel();
+        result
+    };
+    let (served, embedded_result) = tokio::join!(serve, watch_embedded);
+    embedded_result?;
+    served
+}
+
+fn loopback_url(addr: std::net::SocketAddr) -> anyhow::Result<Uri> {
+    // A wildcard listen address is reachable on loopback.
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    format!("http://{host}").parse().context("embedded service URL")
+}

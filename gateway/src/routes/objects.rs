@@ -1,0 +1,99 @@
+//! Stored originals: `GET /image/{sha256}` and `GET /status/{sha256}`.
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    response::{IntoResponse, Response},
+};
+use futures_util::StreamExt as _;
+use http::header;
+use nws_watermark::pb::{GetRequest, GetResponse, ObjectInfo, StatRequest, get_response};
+use serde_json::json;
+
+use super::AppState;
+use crate::error::{ApiError, Upstream};
+
+/// Streams a stored original. The key is the content's hash, so the
+/// response never changes: it is cacheable forever.
+pub async fn original(
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    let upstreams = &state.upstreams;
+    let mut object = upstreams
+        .storage()
+        .get(upstreams.request(GetRequest { sha256 }))
+        .await
+        .map_err(ApiError::from_status(Upstream::Storage))?
+        .into_inner();
+    let info = match object
+        .message()
+        .await
+        .map_err(ApiError::from_status(Upstream::Storage))?
+    {
+        Some(GetResponse {
+            payload: Some(get_response::Payload::Info(info)),
+        }) => info,
+        _ => {
+            return Err(ApiError::Protocol {
+                upstream: Upstream::Storage,
+                what: "the object stream did not start with its info",
+            });
+        }
+    };
+    let body = object.filter_map(|message| async move {
+        match message {
+            Ok(GetResponse {
+                payload: Some(get_response::Payload::Chunk(chunk)),
+            }) => Some(Ok(chunk)),
+            Ok(_) => None,
+            Err(status) => Some(Err(ApiError::from_status(Upstream::Storage)(status))),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, info.media_type.clone()),
+            (header::CONTENT_LENGTH, info.size.to_string()),
+            (header::ETAG, format!("\"{}\"", info.sha256)),
+            (
+                header::CACHE_CONTROL,
+                "public, max-age=31536000, immutable".to_owned(),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Describes a stored original as JSON.
+pub async fn status(State(state): State<AppState>, Path(sha256): Path<String>) -> Result<Response, ApiError> {
+    let upstreams = &state.upstreams;
+    let info = upstreams
+        .storage()
+        .stat(upstreams.request(StatRequest { sha256 }))
+        .await
+        .map_err(ApiError::from_status(Upstream::Storage))?
+        .into_inner()
+        .info
+        .ok_or(ApiError::Protocol {
+            upstream: Upstream::Storage,
+            what: "Stat answered without the object's info",
+        })?;
+    Ok(Json(info_json(&info)).into_response())
+}
+
+fn info_json(info: &ObjectInfo) -> serde_json::Value {
+    let created = info
+        .created
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    json!({
+        "sha256": info.sha256,
+        "size": info.size,
+        "media_type": info.media_type,
+        "created": created,
+        "url": format!("/image/{}", info.sha256),
+    })
+}

@@ -1,0 +1,121 @@
+//! The image pipeline: decode → fit the box → watermark → encode, timed per
+//! stage. Pure and synchronous: the service runs it on the worker pool.
+
+mod decode;
+mod encode;
+mod options;
+mod resize;
+mod watermark;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use image::DynamicImage;
+use nws_watermark::pb::ImageFormat;
+
+pub use decode::{Header, Limits, probe};
+pub use options::Options;
+pub use resize::fit_within;
+pub use watermark::Ink;
+
+use crate::OptimizeError;
+
+/// Interleaved 8-bit pixels: RGB, or RGBA when the image has transparency.
+#[derive(Debug, Clone)]
+pub struct Pixels {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub data: Vec<u8>,
+}
+
+impl Pixels {
+    /// Converts any decoded image to 8-bit RGB(A). An alpha channel that is
+    /// opaque everywhere is dropped, so it costs nothing downstream.
+    fn from_image(image: DynamicImage) -> Self {
+        let (width, height) = (image.width(), image.height());
+        if image.color().has_alpha() {
+            let rgba = image.into_rgba8();
+            if rgba.pixels().any(|p| p.0[3] != u8::MAX) {
+                return Self {
+                    width,
+                    height,
+                    channels: 4,
+                    data: rgba.into_raw(),
+                };
+            }
+            let rgb = DynamicImage::ImageRgba8(rgba).into_rgb8();
+            return Self {
+                width,
+                height,
+                channels: 3,
+                data: rgb.into_raw(),
+            };
+        }
+        Self {
+            width,
+            height,
+            channels: 3,
+            data: image.into_rgb8().into_raw(),
+        }
+    }
+}
+
+/// Time spent in each stage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub decode: Duration,
+    pub resize: Duration,
+    pub watermark: Duration,
+    pub encode: Duration,
+}
+
+/// A processed image and how it was made.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub bytes: Vec<u8>,
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    pub source: Header,
+    pub ink: Ink,
+    pub timings: Timings,
+}
+
+/// Runs the whole pipeline over an encoded image.
+pub fn run(input: &[u8], options: &Options, limits: &Limits) -> Result<Output, OptimizeError> {
+    let mut timings = Timings::default();
+
+    let started = Instant::now();
+    let (source, image) = decode::decode(input, limits)?;
+    let pixels = Pixels::from_image(image);
+    timings.decode = started.elapsed();
+
+    let started = Instant::now();
+    let (width, height) = fit_within(pixels.width, pixels.height, options.max_width, options.max_height);
+    let mut pixels = resize::resize(pixels, width, height)
+        .context("resize")
+        .map_err(OptimizeError::Internal)?;
+    timings.resize = started.elapsed();
+
+    let started = Instant::now();
+    let ink = watermark::draw(&mut pixels, &options.text, options.position);
+    timings.watermark = started.elapsed();
+
+    let started = Instant::now();
+    let format = encode::resolve_format(options.format, &pixels);
+    let bytes = encode::encode(&pixels, format, options.quality)
+        .with_context(|| format!("encode {format:?}"))
+        .map_err(OptimizeError::Internal)?;
+    timings.encode = started.elapsed();
+
+    Ok(Output {
+        bytes,
+        format,
+        width,
+        height,
+        source,
+        ink,
+        timings,
+    })
+}

@@ -1,0 +1,59 @@
+//! Fitting an image inside a box: aspect ratio kept, never enlarged.
+
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
+
+use super::Pixels;
+
+/// The largest size with `width`×`height`'s aspect ratio that fits inside
+/// `max_width`×`max_height`, never larger than the original, never 0.
+pub fn fit_within(width: u32, height: u32, max_width: u32, max_height: u32) -> (u32, u32) {
+    if width <= max_width && height <= max_height {
+        return (width, height);
+    }
+    let scale = f64::min(
+        f64::from(max_width) / f64::from(width),
+        f64::from(max_height) / f64::from(height),
+    );
+    let scaled = |side: u32, max: u32| ((f64::from(side) * scale).round() as u32).clamp(1, max);
+    (scaled(width, max_width), scaled(height, max_height))
+}
+
+/// Resamples `pixels` to `width`×`height` with a Lanczos3 filter (SIMD);
+/// alpha is premultiplied during resampling so edges don't darken.
+pub fn resize(pixels: Pixels, width: u32, height: u32) -> anyhow::Result<Pixels> {
+    if (pixels.width, pixels.height) == (width, height) {
+        return Ok(pixels);
+    }
+    let pixel_type = if pixels.channels == 4 {
+        PixelType::U8x4
+    } else {
+        PixelType::U8x3
+    };
+    let source = Image::from_vec_u8(pixels.width, pixels.height, pixels.data, pixel_type)?;
+    let mut target = Image::new(width, height, pixel_type);
+    Resizer::new().resize(
+        &source,
+        &mut target,
+        &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
+    )?;
+    Ok(Pixels {
+        width,
+        height,
+        channels: pixels.channels,
+        data: target.into_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_within;
+
+    #[test]
+    fn fits_the_box_keeping_the_ratio_and_never_enlarges() {
+        assert_eq!(fit_within(4000, 3000, 1920, 1080), (1440, 1080));
+        assert_eq!(fit_within(3000, 4000, 1920, 1080), (810, 1080));
+        assert_eq!(fit_within(30000, 10, 1920, 1080), (1920, 1));
+        assert_eq!(fit_within(16, 16, 1920, 1080), (16, 16));
+        assert_eq!(fit_within(1920, 1080, 1920, 1080), (1920, 1080));
+    }
+}

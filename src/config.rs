@@ -1,0 +1,107 @@
+//! Configuration shared by every binary: flags with environment fallbacks,
+//! and the fail-fast rule for bad values.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum, error::ErrorKind};
+
+/// Exit status for a configuration error (BSD `EX_USAGE`).
+pub const EX_USAGE: i32 = 64;
+
+/// Settings every service process has.
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT
+    /// before the process exits anyway (e.g. `25s`, `500ms`). Keep it below
+    /// Kubernetes' terminationGracePeriodSeconds.
+    #[arg(long, env = "NWS_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log line format; the level filter comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "NWS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Parses a human duration such as `30s`, `250ms` or `2m`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("not a duration ({e}); try e.g. 30s"))
+}
+
+/// Parses the command line and environment into `T`. A bad value ends the
+/// process with one line naming the setting and the value, and `EX_USAGE`.
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(error) => match error.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => error.exit(),
+            _ => {
+                let rendered = error.to_string();
+                let first_line = rendered.lines().next().unwrap_or("invalid configuration");
+                eprintln!("{first_line}");
+                std::process::exit(EX_USAGE);
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_or_explain() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+    }
+}
+
+/// Parses a byte size: a plain number of bytes, or one with a unit suffix
+/// (`KiB`, `MiB`, `GiB`, or decimal `KB`, `MB`, `GB`), e.g. `25MiB`.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let trimmed = value.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?}; use e.g. 25MiB")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| "not a positive size; use e.g. 25MiB".to_owned())
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_or_explain() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("25MiB"), Ok(25 << 20));
+        assert_eq!(parse_size("2 GB"), Ok(2_000_000_000));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("big").is_err());
+        assert!(parse_size("3 parsecs").unwrap_err().contains("unknown size unit"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The one way every gRPC server in the mesh is built: bound before it
+//! serves, with health and reflection, one layer stack, and a graceful drain
+//! with a deadline.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::server::HealthReporter;
+use tower_http::{
+    classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier},
+    trace::{DefaultMakeSpan, TraceLayer},
+};
+use tracing::Level;
+
+use crate::pb::FILE_DESCRIPTOR_SET;
+
+/// Fully-qualified name of the standard health service.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// A gRPC server that is bound but not yet serving.
+pub struct GrpcServer {
+    name: &'static str,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    health: HealthReporter,
+}
+
+impl GrpcServer {
+    /// Binds `addr` (port 0 picks a free port); `name` labels the logs.
+    pub async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{name}: cannot listen on {addr}"))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            name,
+            listener,
+            local_addr,
+            routes: RoutesBuilder::default(),
+            service_names: Vec::new(),
+            health: HealthReporter::new(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The reporter behind `grpc.health.v1.Health`, for services whose
+    /// health depends on something they reach (a backend, a broker).
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Adds an application service, reported SERVING by health checks and
+    /// listed by reflection.
+    pub async fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.health
+            .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
+            .await;
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, reports
+    /// NOT_SERVING, and lets in-flight calls finish for at most
+    /// `drain_timeout`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+        drain_timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let Self {
+            name,
+            listener,
+            local_addr,
+            mut routes,
+            service_names,
+            health,
+        } = self;
+
+        routes
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                tonic_health::server::HealthService::from_health_reporter(health.clone()),
+            ))
+            .add_service(reflection_builder(&service_names).build_v1()?)
+            .add_service(reflection_builder(&service_names).build_v1alpha()?);
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = Server::builder()
+            .layer(layer_stack())
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(routes.routes());
+        tracing::info!(service = name, addr = %local_addr, "listening");
+        let report_not_serving = async {
+            // Load balancers watching health stop sending before the drain.
+            for service in service_names.iter().copied().chain([""]) {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        };
+        crate::shutdown::serve_with_drain(
+            name,
+            |stop| server.serve_with_incoming_shutdown(incoming, stop),
+            shutdown,
+            report_not_serving,
+            drain_timeout,
+        )
+        .await
+    }
+}
+
+/// Reflection lists exactly the services this server runs, plus health, in
+/// both protocol versions so that old and new grpcurl clients work.
+fn reflection_builder(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(HEALTH_SERVICE);
+    for name in service_names {
+        builder = builder.with_service_name(*name);
+    }
+    builder
+}
+
+/// The layers every gRPC server runs, outermost first. Tracing is outermost
+/// so that each call gets a span covering everything below it, rejections
+/// included. Later layers (trace-context extraction, authentication, rate
+/// limits, load shedding) go below it in that order.
+fn layer_stack() -> tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, DefaultMakeSpan>,
+        tower::layer::util::Identity,
+    >,
+> {
+    // Refusals of bad requests are the service working; only errors on
+    // the server's side are logged as failures.
+    let classifier = [
+        GrpcCode::InvalidArgument,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::OutOfRange,
+        GrpcCode::Cancelled,
+        GrpcCode::Unauthenticated,
+        GrpcCode::PermissionDenied,
+    ]
+    .into_iter()
+    .fold(GrpcErrorsAsFailures::new(), GrpcErrorsAsFailures::with_success);
+    tower::ServiceBuilder::new().layer(
+        TraceLayer::new(SharedClassifier::new(classifier))
+            .make_span_with(DefaultMakeSpan::new().level(Level::INFO)),
+    )
+}

@@ -1,0 +1,183 @@
+//! Integration-test support: start a real service binary on `127.0.0.1:0`
+//! and learn the addresses it bound from its JSON logs.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running service process, killed when dropped.
+pub struct ServiceProcess {
+    child: Child,
+    addrs: HashMap<String, SocketAddr>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `env` (every inherited `NWS_*` variable is
+    /// removed first; logs are forced to JSON) and waits until each service
+    /// in `services` has logged its listening address.
+    pub fn start(binary: &Path, env: &[(&str, &str)], services: &[&str]) -> Self {
+        let mut child = command(binary, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (listening_tx, listening_rx) = mpsc::channel::<(String, SocketAddr)>();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stdout_logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(listening) = parse_listening(&line) {
+                    let _ = listening_tx.send(listening);
+                }
+                stdout_logs.lock().expect("log lock").push(line);
+            }
+        });
+        let stderr_logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                stderr_logs.lock().expect("log lock").push(line);
+            }
+        });
+
+        let mut process = Self {
+            child,
+            addrs: HashMap::new(),
+            logs,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !services.iter().all(|s| process.addrs.contains_key(*s)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match listening_rx.recv_timeout(left) {
+                Ok((service, addr)) => {
+                    process.addrs.insert(service, addr);
+                }
+                Err(_) => panic!(
+                    "{} did not report {services:?} listening within {START_TIMEOUT:?}; logs:\n{}",
+                    binary.display(),
+                    process.logs()
+                ),
+            }
+        }
+        process
+    }
+
+    /// The address `service` reported it listens on.
+    pub fn addr(&self, service: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(service)
+            .unwrap_or_else(|| panic!("{service} did not report an address"))
+    }
+
+    /// `http://` URL of `service`.
+    pub fn url(&self, service: &str) -> String {
+        format!("http://{}", self.addr(service))
+    }
+
+    /// Everything the process printed so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.wait(STOP_TIMEOUT)
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process still running after {timeout:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- logs of the service process ---\n{}", self.logs());
+        }
+    }
+}
+
+/// `binary` with no inherited `NWS_*` setting, JSON logs, then `env`.
+fn command(binary: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(binary);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("NWS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("NWS_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    command
+}
+
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    if event.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    let service = event.get("service")?.as_str()?.to_owned();
+    let addr = event.get("addr")?.as_str()?.parse().ok()?;
+    Some((service, addr))
+}
+
+/// Runs `binary` with `env` and returns its exit status and standard error,
+/// for start-up failures.
+pub fn run_to_exit(binary: &Path, env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let output = command(binary, env).output().expect("run binary");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The shared test photos: `NWS_TEST_IMAGES`, or
+/// `../shared/testdata/images` beside the clone.
+pub fn test_images_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("NWS_TEST_IMAGES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/images"),
+        std::path::PathBuf::from,
+    );
+    assert!(dir.is_dir(), "test photos not found at {}", dir.display());
+    dir
+}
+
+/// Reads one test photo by file name.
+pub fn test_image(name: &str) -> Vec<u8> {
+    let path = test_images_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}

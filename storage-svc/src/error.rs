@@ -1,0 +1,55 @@
+use tonic::Status;
+
+/// Everything a Storage call can fail with; [`From<StorageError> for
+/// Status`] is the one place that turns it into a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid key {0:?}: a key is the SHA-256 of the bytes, exactly 64 lowercase hex characters")]
+    InvalidKey(String),
+
+    #[error("no object with key {0}")]
+    NotFound(String),
+
+    #[error("the bytes hash to {actual}, not the expected {expected}; nothing was kept")]
+    HashMismatch { expected: String, actual: String },
+
+    #[error("object exceeds the {limit}-byte limit (NWS_STORAGE_MAX_OBJECT_BYTES); nothing was kept")]
+    TooLarge { limit: u64 },
+
+    #[error("{0}")]
+    BadRequest(&'static str),
+
+    #[error("the upload stream failed: {0}")]
+    Upload(#[source] Status),
+
+    #[error("storage backend failed while trying to {action}")]
+    Backend {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn backend(action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Backend { action, source }
+    }
+}
+
+impl From<StorageError> for Status {
+    fn from(error: StorageError) -> Self {
+        match &error {
+            StorageError::InvalidKey(_) | StorageError::TooLarge { .. } | StorageError::BadRequest(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+            StorageError::NotFound(_) => Status::not_found(error.to_string()),
+            StorageError::HashMismatch { .. } => Status::failed_precondition(error.to_string()),
+            StorageError::Upload(status) => Status::new(status.code(), error.to_string()),
+            StorageError::Backend { source, .. } => {
+                // The client learns what failed; the cause (paths, errno) stays in the logs.
+                tracing::error!(error = %error, cause = %source, "storage backend error");
+                Status::unavailable(error.to_string())
+            }
+        }
+    }
+}
