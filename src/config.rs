@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum, error::ErrorKind};
+use clap::{
+    Args, CommandFactory, Parser, ValueEnum,
+    error::{ContextKind, ContextValue, ErrorKind},
+};
 
 /// Exit status for a configuration error (BSD `EX_USAGE`).
 pub const EX_USAGE: i32 = 64;
@@ -44,12 +47,44 @@ pub fn parse_or_exit<T: Parser>() -> T {
         Err(error) => match error.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => error.exit(),
             _ => {
-                let rendered = error.to_string();
-                let first_line = rendered.lines().next().unwrap_or("invalid configuration");
-                eprintln!("{first_line}");
+                eprintln!("{}", one_line::<T>(&error));
                 std::process::exit(EX_USAGE);
             }
         },
+    }
+}
+
+/// clap's message names the flag; settings mostly arrive through the
+/// environment, so name the variable too: `invalid value 'x' for
+/// NWS_HTTP_ADDR (--http-addr): invalid socket address syntax`.
+fn one_line<T: CommandFactory>(error: &clap::Error) -> String {
+    let rendered = error.to_string();
+    let first_line = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid configuration")
+        .to_owned();
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) else {
+        return first_line;
+    };
+    let long = arg
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("--");
+    let command = T::command();
+    let env = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned());
+    let reason = first_line.rsplit_once("': ").map_or("", |(_, reason)| reason);
+    match env {
+        Some(env) => format!("error: invalid value '{value}' for {env} (--{long}): {reason}"),
+        None => first_line,
     }
 }
 

@@ -87,6 +87,11 @@ impl ServiceProcess {
         format!("http://{}", self.addr(service))
     }
 
+    /// The process id, for sending signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the process printed so far.
     pub fn logs(&self) -> String {
         self.logs.lock().expect("log lock").join("\n")

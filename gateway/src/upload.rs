@@ -16,7 +16,6 @@ use nws_watermark::{
     },
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
 use crate::{
@@ -27,6 +26,30 @@ use crate::{
 /// Chunks in flight per upstream: with 64 KiB chunks, at most 256 KiB per
 /// upstream per request waits in memory.
 const WINDOW: usize = 4;
+
+const OPTIMIZER_SINK: usize = 0;
+const STORAGE_SINK: usize = 1;
+
+/// What goes down a channel to an upstream call. The call's request
+/// stream ends only on `End`: if the sender is dropped without it (the
+/// client's upload broke, the request was cancelled), the stream never
+/// ends cleanly, so dropping the call resets it and the upstream sees an
+/// aborted upload rather than a short, complete-looking one.
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+/// The bytes sent down `receiver`, ending only at an explicit `End`.
+fn until_end(receiver: mpsc::Receiver<Piece>) -> impl Stream<Item = Bytes> + Send {
+    stream::unfold(receiver, |mut receiver| async move {
+        match receiver.recv().await {
+            Some(Piece::Data(bytes)) => Some((bytes, receiver)),
+            Some(Piece::End) => None,
+            None => std::future::pending().await,
+        }
+    })
+}
 
 /// What the upstreams made of an upload; `result` streams the image.
 pub struct Processed {
@@ -72,13 +95,13 @@ where
         return Err(ApiError::UnsupportedMedia);
     }
 
-    let (optimize_tx, optimize_rx) = mpsc::channel::<Bytes>(WINDOW);
+    let (optimize_tx, optimize_rx) = mpsc::channel::<Piece>(WINDOW);
     let optimize_requests = stream::once(async move {
         OptimizeRequest {
             payload: Some(optimize_request::Payload::Options(options)),
         }
     })
-    .chain(ReceiverStream::new(optimize_rx).map(|chunk| OptimizeRequest {
+    .chain(until_end(optimize_rx).map(|chunk| OptimizeRequest {
         payload: Some(optimize_request::Payload::Chunk(chunk)),
     }));
     let mut optimizer = upstreams.optimizer();
@@ -104,8 +127,8 @@ where
     };
 
     let (put_tx, put) = if keep == Keep::Original {
-        let (put_tx, put_rx) = mpsc::channel::<Bytes>(WINDOW);
-        let put_requests = ReceiverStream::new(put_rx).map(|chunk| PutRequest {
+        let (put_tx, put_rx) = mpsc::channel::<Piece>(WINDOW);
+        let put_requests = until_end(put_rx).map(|chunk| PutRequest {
             payload: Some(put_request::Payload::Chunk(chunk)),
         });
         let mut storage = upstreams.storage();
@@ -122,47 +145,53 @@ where
         (None, futures_util::future::Either::Right(async { Ok(None) }))
     };
 
-    let sinks: Vec<mpsc::Sender<Bytes>> = [Some(optimize_tx), put_tx].into_iter().flatten().collect();
+    // In the order of OPTIMIZER_SINK and STORAGE_SINK.
+    let sinks: Vec<mpsc::Sender<Piece>> = [Some(optimize_tx), put_tx].into_iter().flatten().collect();
     let pump = pump(prefix.freeze(), source, sinks);
 
     tokio::pin!(optimize, put, pump);
     let mut optimized = None;
     let mut stored: Option<Option<PutResponse>> = None;
-    let mut pump_done = false;
-    // Senders kept open after an upstream hung up early: closing them would
-    // look like a complete upload to the other upstream.
-    let mut held_open = None;
+    // Once the pump is done: per upstream (optimizer, then storage), whether
+    // it received every byte and the end.
+    let mut delivered: Option<Vec<bool>> = None;
+    let complete = |delivered: &[bool], sink: usize| delivered.get(sink).copied().unwrap_or(false);
     while optimized.is_none() || stored.is_none() {
         tokio::select! {
             result = &mut optimize, if optimized.is_none() => match result {
+                Ok(done) if delivered.as_deref().is_some_and(|d| !complete(d, OPTIMIZER_SINK)) => {
+                    drop(done);
+                    return Err(ApiError::Protocol {
+                        upstream: Upstream::Optimizer,
+                        what: "it answered before reading the whole upload",
+                    });
+                }
                 Ok(done) => optimized = Some(done),
                 Err(error) => {
-                    if pump_done && held_open.is_none() && is_bad_image(&error) {
-                        // The whole upload reached storage but is no image
-                        // the optimizer can read: don't keep it.
-                        let original = match stored.take() {
-                            Some(receipt) => receipt,
-                            None => (&mut put).await.ok().flatten(),
+                    if is_bad_image(&error) {
+                        // The optimizer stopped reading, so the pump ends soon.
+                        let delivered = match delivered {
+                            Some(delivered) => delivered,
+                            None => (&mut pump).await.unwrap_or_default(),
                         };
-                        if let Some(original) = original {
-                            forget_original(upstreams, original).await;
+                        if complete(&delivered, STORAGE_SINK) {
+                            // The whole upload reached storage but is no image
+                            // the optimizer can read: don't keep it.
+                            let original = match stored.take() {
+                                Some(receipt) => receipt,
+                                None => (&mut put).await.ok().flatten(),
+                            };
+                            if let Some(original) = original {
+                                forget_original(upstreams, original).await;
+                            }
                         }
                     }
                     return Err(error);
                 }
             },
             result = &mut put, if stored.is_none() => stored = Some(result?),
-            result = &mut pump, if !pump_done => {
-                pump_done = true;
-                held_open = result?;
-            }
+            result = &mut pump, if delivered.is_none() => delivered = Some(result?),
         }
-    }
-    if held_open.is_some() {
-        return Err(ApiError::Protocol {
-            upstream: Upstream::Optimizer,
-            what: "an upstream answered before reading the whole upload",
-        });
     }
     let (header, result) = optimized.expect("loop ends with a header");
     Ok(Processed {
@@ -198,32 +227,34 @@ pub async fn process_stored(
     process(upstreams, options, Box::pin(bytes), Keep::AlreadyStored).await
 }
 
-/// Copies `source` to every sink, `prefix` first. Returns `Some(sinks)` if a
-/// sink closed early (its call is failing; the caller will learn why from
-/// it), `None` once everything was sent and the sinks are closed.
-async fn pump<S>(
-    prefix: Bytes,
-    mut source: S,
-    sinks: Vec<mpsc::Sender<Bytes>>,
-) -> Result<Option<Vec<mpsc::Sender<Bytes>>>, ApiError>
+/// Copies `source` to every sink, `prefix` first, then marks the end.
+/// Stops at the first sink that closes early (its call is failing, and the
+/// caller learns why from the call). Returns, per sink, whether it received
+/// everything including the end.
+async fn pump<S>(prefix: Bytes, mut source: S, sinks: Vec<mpsc::Sender<Piece>>) -> Result<Vec<bool>, ApiError>
 where
     S: Stream<Item = Result<Bytes, ApiError>> + Unpin,
 {
+    let send_all = |piece: Piece| {
+        let sends = sinks.iter().map(move |sink| {
+            let piece = match &piece {
+                Piece::Data(bytes) => Piece::Data(bytes.clone()),
+                Piece::End => Piece::End,
+            };
+            sink.send(piece)
+        });
+        async move { futures_util::future::join_all(sends).await }
+    };
     let mut next = Some(prefix);
     while let Some(data) = next.take() {
         for piece in chunk::split(data) {
-            let sends = sinks.iter().map(|sink| sink.send(piece.clone()));
-            if futures_util::future::join_all(sends)
-                .await
-                .iter()
-                .any(Result::is_err)
-            {
-                return Ok(Some(sinks));
+            if send_all(Piece::Data(piece)).await.iter().any(Result::is_err) {
+                return Ok(vec![false; sinks.len()]);
             }
         }
         next = source.next().await.transpose()?;
     }
-    Ok(None)
+    Ok(send_all(Piece::End).await.iter().map(Result::is_ok).collect())
 }
 
 fn is_bad_image(error: &ApiError) -> bool {

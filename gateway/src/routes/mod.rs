@@ -27,7 +27,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v1/watermark", post(watermark::upload))
         .route("/upload", post(watermark::upload))
         .route("/image/{sha256}", get(objects::original))
@@ -38,27 +38,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         // Upload handlers enforce NWS_MAX_UPLOAD_BYTES themselves, while
         // streaming; axum's buffered default must not cut in first.
-        .layer(DefaultBodyLimit::disable())
-        .layer(layer_stack())
+        .layer(DefaultBodyLimit::disable());
+    with_layer_stack(router)
 }
 
-/// Outermost first: the trace span covers everything, including a panic
-/// turned into a 500 by the layer below it, so no request goes unlogged and
-/// no panic reaches a client as a dropped connection or a stack trace.
-/// Later layers (trace context, auth, rate limits, load shedding) slot in
-/// between these two.
-fn layer_stack() -> ServiceBuilder<
-    tower::layer::util::Stack<
-        CatchPanicLayer<fn(Box<dyn Any + Send + 'static>) -> Response>,
-        tower::layer::util::Stack<
-            TraceLayer<tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>>,
-            tower::layer::util::Identity,
-        >,
-    >,
-> {
-    ServiceBuilder::new()
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::custom(panic_response as fn(_) -> _))
+/// The layers around every route, outermost first: the trace span covers
+/// everything, including a panic turned into a JSON 500 by the layer below
+/// it, so no request goes unlogged and no panic reaches a client as a
+/// dropped connection or a stack trace. Later layers (trace context, auth,
+/// rate limits, load shedding) slot in below these two.
+fn with_layer_stack(router: Router) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(TraceLayer::new_for_http())
+            .layer(CatchPanicLayer::custom(panic_response)),
+    )
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {

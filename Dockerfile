@@ -1,0 +1,21 @@
+# One image with all three binaries; each container runs one of them.
+#   docker build -t nws-watermark .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --workspace --bins \
+ && mkdir /out \
+ && cp target/release/gateway target/release/optimizer-svc target/release/storage-svc /out/
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /var/lib/nws nws \
+ && mkdir -p /var/lib/nws/data && chown -R nws /var/lib/nws
+COPY --from=build /out/ /usr/local/bin/
+USER nws
+WORKDIR /var/lib/nws
+ENV NWS_DATA_DIR=/var/lib/nws/data \
+    NWS_LOG_FORMAT=json
+EXPOSE 3000 50051 50052
+# The gateway alone runs the whole mesh; set NWS_OPTIMIZER_URL and
+# NWS_STORAGE_URL to use separately deployed services instead.
+CMD ["gateway"]

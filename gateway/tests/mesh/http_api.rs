@@ -1,0 +1,338 @@
+//! The HTTP API, through the gateway, to real upstreams.
+
+use nws_watermark::testing::test_image;
+
+use crate::{KLEIBER, Mesh, assert_json_error, form, sha256_hex};
+
+fn decode(bytes: &[u8]) -> image::DynamicImage {
+    image::load_from_memory(bytes).expect("the response is an image")
+}
+
+#[tokio::test]
+async fn an_upload_returns_a_watermarked_image_that_fits_1920x1080() {
+    let mesh = Mesh::start();
+    let photo = test_image(KLEIBER);
+    let response = mesh
+        .http
+        .post(mesh.url("/v1/watermark"))
+        .multipart(form(
+            photo.clone(),
+            &[("wm_text", "NWS © 2026"), ("wm_position", "bottom-right")],
+        ))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "image/jpeg");
+    assert_eq!(headers["x-original-sha256"], sha256_hex(&photo).as_str());
+    let timing = headers["server-timing"].to_str().unwrap();
+    for stage in ["decode;dur=", "resize;dur=", "watermark;dur=", "encode;dur="] {
+        assert!(timing.contains(stage), "{timing}");
+    }
+    let body = response.bytes().await.unwrap();
+    assert_eq!(headers["content-length"], body.len().to_string().as_str());
+    let image = decode(&body);
+    assert_eq!((image.width(), image.height()), (1440, 1080));
+
+    // The watermark is really there: the unwatermarked render of the same
+    // photo differs in the bottom-right corner only.
+    let plain =
+        image::load_from_memory(&photo)
+            .unwrap()
+            .resize(1440, 1080, image::imageops::FilterType::Lanczos3);
+    let (rgb, plain) = (image.to_rgb8(), plain.to_rgb8());
+    let difference = |x0: u32, y0: u32| -> f64 {
+        let mut total = 0f64;
+        for y in y0..y0 + 100 {
+            for x in x0..x0 + 300 {
+                let (a, b) = (rgb.get_pixel(x, y), plain.get_pixel(x, y));
+                total += (0..3).map(|c| f64::from(a[c].abs_diff(b[c]))).sum::<f64>();
+            }
+        }
+        total / 30_000.0
+    };
+    let corner = difference(1440 - 300, 1080 - 100);
+    let elsewhere = difference(0, 0);
+    assert!(
+        corner > elsewhere * 3.0 + 5.0,
+        "corner {corner:.1} vs elsewhere {elsewhere:.1}"
+    );
+}
+
+#[tokio::test]
+async fn a_raw_body_takes_its_options_from_the_query() {
+    let mesh = Mesh::start();
+    let response = mesh
+        .http
+        .post(mesh.url("/v1/watermark?format=webp&wm_position=top-left&max_width=800&max_height=800"))
+        .body(test_image("seeding_alpha_2000x1125.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/webp");
+    let image = decode(&response.bytes().await.unwrap());
+    assert_eq!((image.width(), image.height()), (800, 450));
+    assert!(image.color().has_alpha(), "transparency survives");
+}
+
+#[tokio::test]
+async fn the_same_bytes_uploaded_twice_are_stored_once() {
+    let mesh = Mesh::start();
+    let photo = test_image("dragonfly_4224x3168_progressive.jpg");
+    let mut answers = Vec::new();
+    // The Go original's route and the versioned one share the store.
+    for route in ["/upload", "/v1/watermark"] {
+        let response = mesh
+            .http
+            .post(mesh.url(route))
+            .multipart(form(photo.clone(), &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{route}");
+        answers.push((
+            response.headers()["x-original-sha256"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+            response.headers()["x-original-deduplicated"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    let key = sha256_hex(&photo);
+    assert_eq!(
+        answers,
+        [
+            (key.clone(), "false".to_owned()),
+            (key.clone(), "true".to_owned())
+        ]
+    );
+    assert_eq!(mesh.stored_originals().len(), 1, "{:?}", mesh.stored_originals());
+
+    let status: serde_json::Value = mesh
+        .http
+        .get(mesh.url(&format!("/status/{key}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["size"], photo.len());
+    assert_eq!(status["media_type"], "image/jpeg");
+
+    let original = mesh
+        .http
+        .get(mesh.url(&format!("/image/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(original.status(), 200);
+    assert_eq!(original.headers()["etag"], format!("\"{key}\"").as_str());
+    assert_eq!(original.headers()["content-type"], "image/jpeg");
+    assert!(
+        original.bytes().await.unwrap() == photo,
+        "the original comes back byte for byte"
+    );
+}
+
+#[tokio::test]
+async fn options_sent_after_the_image_field_still_apply() {
+    let mesh = Mesh::start();
+    let response = mesh
+        .http
+        .post(mesh.url("/v1/watermark"))
+        .multipart(form(
+            test_image(KLEIBER),
+            &[("format", "png"), ("max_width", "400")],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    let image = decode(&response.bytes().await.unwrap());
+    assert_eq!((image.width(), image.height()), (400, 300));
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_with_grpc_gateway_statuses() {
+    let mesh = Mesh::start();
+    let post =
+        |body: reqwest::multipart::Form| mesh.http.post(mesh.url("/v1/watermark")).multipart(body).send();
+
+    let message = assert_json_error(
+        post(form(b"just some text, no image".to_vec(), &[]))
+            .await
+            .unwrap(),
+        415,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert!(message.contains("not a JPEG, PNG, WebP or GIF"), "{message}");
+
+    let message = assert_json_error(
+        post(form(test_image("tiny_16x16.jpg"), &[("quality", "500")]))
+            .await
+            .unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert!(message.contains("quality 500"), "{message}");
+
+    let message = assert_json_error(
+        mesh.http
+            .post(mesh.url("/v1/watermark?wm_position=middle"))
+            .body(test_image("tiny_16x16.jpg"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert!(message.contains("wm_position"), "{message}");
+
+    let no_image = reqwest::multipart::Form::new().text("wm_text", "hello");
+    let message = assert_json_error(post(no_image).await.unwrap(), 400, "INVALID_ARGUMENT").await;
+    assert!(message.contains("no `image` field"), "{message}");
+
+    // A truncated JPEG is refused and its bytes are not kept.
+    let photo = test_image(KLEIBER);
+    let truncated = photo[..photo.len() / 2].to_vec();
+    let message = assert_json_error(
+        post(form(truncated.clone(), &[])).await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert!(message.contains("truncated"), "{message}");
+    let truncated_key = sha256_hex(&truncated);
+    assert!(
+        !mesh
+            .stored_originals()
+            .iter()
+            .any(|p| p.ends_with(&truncated_key)),
+        "an unreadable upload was kept"
+    );
+
+    let unknown = "0".repeat(64);
+    let get = |path: String| mesh.http.get(mesh.url(&path)).send();
+    assert_json_error(get(format!("/status/{unknown}")).await.unwrap(), 404, "NOT_FOUND").await;
+    assert_json_error(get(format!("/image/{unknown}")).await.unwrap(), 404, "NOT_FOUND").await;
+    let message = assert_json_error(
+        get("/status/not-a-hash".into()).await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert!(message.contains("64 lowercase hex"), "{message}");
+    assert_json_error(get("/no/such/route".into()).await.unwrap(), 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn uploads_over_the_body_limit_get_413_before_the_body_is_read() {
+    let mesh = Mesh::start_with(&[("NWS_MAX_UPLOAD_BYTES", "1MiB")]);
+    let addr = mesh.process.addr("gateway");
+    let photo = test_image(KLEIBER);
+
+    // A declared length over the limit is refused on the headers alone:
+    // not one byte of the body is sent.
+    let head = format!(
+        "POST /v1/watermark HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        photo.len()
+    );
+    let (status, body) = raw_exchange(addr, head.as_bytes()).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["code"], "INVALID_ARGUMENT");
+    assert!(
+        body["message"].as_str().unwrap().contains("NWS_MAX_UPLOAD_BYTES"),
+        "{body}"
+    );
+
+    // No declared length: the stream is cut off once it passes the limit.
+    let mut request =
+        b"POST /v1/watermark HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for chunk in photo[..(1 << 20) + (128 << 10)].chunks(64 << 10) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    let (status, body) = raw_exchange(addr, &request).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(mesh.stored_originals().is_empty());
+}
+
+/// Writes `request` on a fresh connection and reads one response (status and
+/// JSON body) without sending anything more.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 8192];
+        loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if received.len() >= end + 4 + length {
+                    let status = head[9..12].parse().unwrap();
+                    let body = serde_json::from_slice(&received[end + 4..end + 4 + length]).unwrap();
+                    return (status, body);
+                }
+            }
+            let n = stream.read(&mut buffer).await.expect("read the response");
+            assert!(
+                n > 0,
+                "connection closed before a full response: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+            received.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("a prompt response")
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let mesh = Mesh::start();
+    let live = mesh.http.get(mesh.url("/healthz")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["upstreams"]["optimizer"]["status"], "SERVING");
+    assert_eq!(body["upstreams"]["storage"]["status"], "SERVING");
+
+    // Storage pointed at a port where nothing listens: not ready, and
+    // uploads get 503 rather than hanging.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let degraded = Mesh::start_with(&[("NWS_STORAGE_URL", &dead_url)]);
+    let ready = degraded.http.get(degraded.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["upstreams"]["optimizer"]["status"], "SERVING");
+    assert_eq!(body["upstreams"]["storage"]["status"], "UNAVAILABLE");
+    let upload = degraded
+        .http
+        .post(degraded.url("/v1/watermark"))
+        .multipart(form(test_image("tiny_16x16.jpg"), &[]))
+        .send()
+        .await
+        .unwrap();
+    let message = assert_json_error(upload, 503, "UNAVAILABLE").await;
+    assert!(message.starts_with("storage"), "{message}");
+}

@@ -1,0 +1,114 @@
+//! Start-up, separate deployment and shutdown.
+
+use std::time::Duration;
+
+use nws_watermark::testing::{ServiceProcess, run_to_exit, test_image};
+
+use crate::{KLEIBER, Mesh, binary, files_under, form};
+
+#[tokio::test]
+async fn each_service_runs_as_its_own_binary() {
+    let storage_dir = tempfile::tempdir().unwrap();
+    let optimizer = ServiceProcess::start(
+        &binary("optimizer-svc"),
+        &[("NWS_OPTIMIZER_ADDR", "127.0.0.1:0")],
+        &["optimizer"],
+    );
+    let storage = ServiceProcess::start(
+        &binary("storage-svc"),
+        &[
+            ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
+            ("NWS_DATA_DIR", storage_dir.path().to_str().unwrap()),
+        ],
+        &["storage"],
+    );
+    let optimizer_url = optimizer.url("optimizer");
+    let storage_url = storage.url("storage");
+    let gateway = Mesh::start_with(&[
+        ("NWS_OPTIMIZER_URL", &optimizer_url),
+        ("NWS_STORAGE_URL", &storage_url),
+    ]);
+
+    let response = gateway
+        .http
+        .post(gateway.url("/v1/watermark"))
+        .multipart(form(
+            test_image("picos_orient6.jpg"),
+            &[("wm_position", "center")],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-image-width"], "1440");
+    // The original landed in the separate storage service's directory.
+    assert_eq!(files_under(&storage_dir.path().join("originals")).len(), 1);
+    assert!(gateway.stored_originals().is_empty());
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    let cases = [
+        ("gateway", "NWS_HTTP_ADDR", "not-an-address"),
+        ("gateway", "NWS_OPTIMIZER_URL", "ftp://optimizer"),
+        ("gateway", "NWS_MAX_UPLOAD_BYTES", "lots"),
+        ("gateway", "NWS_DRAIN_TIMEOUT", "soon"),
+        ("optimizer-svc", "NWS_MAX_PIXELS", "-5"),
+        ("storage-svc", "NWS_STORAGE_ADDR", "127.0.0.1:99999"),
+    ];
+    for (program, setting, value) in cases {
+        let (status, stderr) = run_to_exit(&binary(program), &[(setting, value)]);
+        assert_eq!(status.code(), Some(64), "{program} {setting}={value}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{program} {setting}={value}: {stderr}");
+        assert!(
+            lines[0].contains(setting) && lines[0].contains(value),
+            "{program}: {}",
+            lines[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_upload_finish_then_exits_zero() {
+    let mut mesh = Mesh::start();
+    let photo = test_image(KLEIBER);
+    let (first_half, second_half) = photo.split_at(photo.len() / 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let upload = mesh.http.post(mesh.url("/v1/watermark")).body(body).send();
+    let upload = tokio::spawn(upload);
+    tx.send(Ok(first_half.to_vec())).await.unwrap();
+
+    // The upload is in flight once its bytes are landing in storage.
+    let tmp = mesh.data_dir.path().join("tmp");
+    for _ in 0..500 {
+        if !files_under(&tmp).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!files_under(&tmp).is_empty(), "the upload never reached storage");
+
+    let pid = mesh.process.pid();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tx.send(Ok(second_half.to_vec())).await.unwrap();
+    drop(tx);
+
+    let response = upload.await.unwrap().expect("the in-flight upload is answered");
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    assert!(image::load_from_memory(&bytes).is_ok());
+    let status = mesh.process.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+
+    // New connections are refused once it has gone.
+    assert!(mesh.http.get(mesh.url("/healthz")).send().await.is_err());
+}

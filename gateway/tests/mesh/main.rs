@@ -1,0 +1,122 @@
+//! The gateway binary (the whole mesh by default, or pointed at separately
+//! started services), driven through the network by real clients.
+
+mod clients;
+mod http_api;
+mod lifecycle;
+
+use std::path::{Path, PathBuf};
+
+use nws_watermark::testing::ServiceProcess;
+use sha2::{Digest as _, Sha256};
+
+pub const KLEIBER: &str = "kleiber_4000x3000.jpg";
+
+/// A running gateway with its own data directory and HTTP client.
+pub struct Mesh {
+    pub process: ServiceProcess,
+    pub data_dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Mesh {
+    /// The whole mesh in one process, every port picked by the system.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`Mesh::start`], with extra settings. Services whose URL is given
+    /// are not embedded, so only the gateway's address is awaited for them.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let dir = data_dir.path().to_str().expect("UTF-8 temp path").to_owned();
+        let mut all_env = vec![
+            ("NWS_HTTP_ADDR", "127.0.0.1:0"),
+            ("NWS_OPTIMIZER_ADDR", "127.0.0.1:0"),
+            ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
+            ("NWS_DATA_DIR", dir.as_str()),
+        ];
+        all_env.extend_from_slice(env);
+        let given = |name: &str| env.iter().any(|(key, _)| *key == name);
+        let mut services = vec!["gateway"];
+        if !given("NWS_OPTIMIZER_URL") {
+            services.push("optimizer");
+        }
+        if !given("NWS_STORAGE_URL") {
+            services.push("storage");
+        }
+        let process = ServiceProcess::start(&binary("gateway"), &all_env, &services);
+        Self {
+            process,
+            data_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.process.url("gateway"))
+    }
+
+    /// Stored originals on disk.
+    pub fn stored_originals(&self) -> Vec<PathBuf> {
+        files_under(&self.data_dir.path().join("originals"))
+    }
+}
+
+/// A binary of this workspace, built next to the gateway's.
+pub fn binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_gateway")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A multipart form with `image` and then the given text fields.
+pub fn form(image: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new().part(
+        "image",
+        reqwest::multipart::Part::bytes(image).file_name("photo.jpg"),
+    );
+    for (name, value) in fields {
+        form = form.text(name.to_string(), value.to_string());
+    }
+    form
+}
+
+/// Asserts a JSON error body with the given HTTP status and gRPC code name.
+pub async fn assert_json_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["code"], code, "{body}");
+    body["message"].as_str().expect("message").to_owned()
+}
+
+/// A test tool's path from an environment variable set by scripts/test.sh.
+pub fn tool(variable: &str) -> PathBuf {
+    std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{variable} is not set: run the suite with scripts/test.sh, which installs it")
+    })
+}
