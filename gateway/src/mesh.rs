@@ -2,10 +2,12 @@
 //! Storage service for each upstream URL left unset. They still talk over
 //! real gRPC on loopback, exactly as when deployed apart.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Parser;
 use http::Uri;
-use nws_watermark::config::CommonConfig;
+use nws_watermark::{config::CommonConfig, grpc::GrpcServer};
 use optimizer_svc::OptimizerConfig;
 use storage_svc::StorageConfig;
 use tokio::task::JoinSet;
@@ -38,24 +40,22 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     let services_stop = CancellationToken::new();
     let mut embedded = JoinSet::new();
 
-    let optimizer_url = match config.gateway.optimizer_url.clone() {
-        Some(url) => url,
-        None => {
-            let app = optimizer_svc::build(config.optimizer.clone()).await?;
-            let url = loopback_url(app.local_addr())?;
-            embedded.spawn(app.run_until_stopped(services_stop.clone().cancelled_owned(), drain));
-            url
-        }
-    };
-    let storage_url = match config.gateway.storage_url.clone() {
-        Some(url) => url,
-        None => {
-            let app = storage_svc::build(config.storage.clone()).await?;
-            let url = loopback_url(app.local_addr())?;
-            embedded.spawn(app.run_until_stopped(services_stop.clone().cancelled_owned(), drain));
-            url
-        }
-    };
+    let optimizer_url = upstream(
+        config.gateway.optimizer_url.clone(),
+        optimizer_svc::build(config.optimizer.clone()),
+        &mut embedded,
+        &services_stop,
+        drain,
+    )
+    .await?;
+    let storage_url = upstream(
+        config.gateway.storage_url.clone(),
+        storage_svc::build(config.storage.clone()),
+        &mut embedded,
+        &services_stop,
+        drain,
+    )
+    .await?;
     tracing::info!(optimizer = %optimizer_url, storage = %storage_url, "upstreams");
     let gateway = crate::build(&config.gateway, optimizer_url, storage_url).await?;
 
@@ -84,6 +84,24 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     let (served, embedded_result) = tokio::join!(serve, watch_embedded);
     embedded_result?;
     served
+}
+
+/// The configured upstream URL; or, when there is none, the URL of the
+/// service `build` starts here (the future is not run otherwise).
+async fn upstream(
+    url: Option<Uri>,
+    build: impl Future<Output = anyhow::Result<GrpcServer>>,
+    embedded: &mut JoinSet<anyhow::Result<()>>,
+    stop: &CancellationToken,
+    drain: Duration,
+) -> anyhow::Result<Uri> {
+    if let Some(url) = url {
+        return Ok(url);
+    }
+    let app = build.await?;
+    let url = loopback_url(app.local_addr())?;
+    embedded.spawn(app.run_until_stopped(stop.clone().cancelled_owned(), drain));
+    Ok(url)
 }
 
 fn loopback_url(addr: std::net::SocketAddr) -> anyhow::Result<Uri> {

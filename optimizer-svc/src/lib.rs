@@ -7,8 +7,6 @@ mod error;
 pub mod pipeline;
 mod service;
 
-use std::net::SocketAddr;
-
 use nws_watermark::{grpc::GrpcServer, pb::optimizer_server::OptimizerServer};
 
 pub use config::OptimizerConfig;
@@ -16,10 +14,8 @@ pub use error::OptimizeError;
 
 use crate::service::OptimizerService;
 
-/// An Optimizer server, bound and ready to serve.
-pub struct App {
-    server: GrpcServer,
-}
+/// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain_timeout)`.
+pub type App = GrpcServer;
 
 /// Binds the listener and sets up the worker pool; nothing is served until
 /// [`App::run_until_stopped`].
@@ -29,21 +25,5 @@ pub async fn build(config: OptimizerConfig) -> anyhow::Result<App> {
         .await?
         .add_service(OptimizerServer::new(service))
         .await;
-    Ok(App { server })
-}
-
-impl App {
-    /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Serves until `shutdown` completes, then drains for at most `drain_timeout`.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-        drain_timeout: std::time::Duration,
-    ) -> anyhow::Result<()> {
-        self.server.run_until_stopped(shutdown, drain_timeout).await
-    }
+    Ok(server)
 }

@@ -8,8 +8,6 @@ mod fs_store;
 mod key;
 mod service;
 
-use std::net::SocketAddr;
-
 use nws_watermark::{grpc::GrpcServer, pb::storage_server::StorageServer};
 
 pub use config::StorageConfig;
@@ -18,10 +16,8 @@ pub use key::ObjectKey;
 
 use crate::{fs_store::FsStore, service::StorageService};
 
-/// A Storage server, bound and ready to serve.
-pub struct App {
-    server: GrpcServer,
-}
+/// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain_timeout)`.
+pub type App = GrpcServer;
 
 /// Opens the store and binds the listener; nothing is served until
 /// [`App::run_until_stopped`].
@@ -32,21 +28,5 @@ pub async fn build(config: StorageConfig) -> anyhow::Result<App> {
         .await?
         .add_service(StorageServer::new(service))
         .await;
-    Ok(App { server })
-}
-
-impl App {
-    /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Serves until `shutdown` completes, then drains for at most `drain_timeout`.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-        drain_timeout: std::time::Duration,
-    ) -> anyhow::Result<()> {
-        self.server.run_until_stopped(shutdown, drain_timeout).await
-    }
+    Ok(server)
 }

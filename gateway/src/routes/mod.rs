@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         // Upload handlers enforce NWS_MAX_UPLOAD_BYTES themselves, while
         // streaming; axum's buffered default must not cut in first.
@@ -71,4 +72,12 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 
 async fn not_found() -> Response {
     json_error(StatusCode::NOT_FOUND, Code::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unimplemented,
+        "this route does not take that method",
+    )
 }

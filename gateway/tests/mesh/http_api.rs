@@ -233,6 +233,7 @@ async fn bad_requests_get_json_errors_with_grpc_gateway_statuses() {
     .await;
     assert!(message.contains("64 lowercase hex"), "{message}");
     assert_json_error(get("/no/such/route".into()).await.unwrap(), 404, "NOT_FOUND").await;
+    assert_json_error(get("/v1/watermark".into()).await.unwrap(), 405, "UNIMPLEMENTED").await;
 }
 
 #[tokio::test]

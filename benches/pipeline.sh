@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Per-image pipeline timings through the real mesh (release build, one
+# optimizer worker), next to libvips doing the same resize + encode in the
+# same run. Prints a Markdown table for BENCHMARKS.md.
+#   bash benches/pipeline.sh [runs]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-15}"
+IMAGES="${NWS_TEST_IMAGES:-../shared/testdata/images}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nws-watermark/target}"
+command -v vips >/dev/null || { echo "needs libvips-tools (apt-get install libvips-tools)"; exit 1; }
+
+cargo build --release --locked -p gateway >&2
+DATA="$(mktemp -d)"
+LOG="$DATA/mesh.log"
+NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
+NWS_DATA_DIR="$DATA" NWS_OPTIMIZER_WORKERS=1 NWS_LOG_FORMAT=json \
+  "$CARGO_TARGET_DIR/release/gateway" > "$LOG" 2>&1 &
+MESH=$!
+trap 'kill $MESH 2>/dev/null; rm -rf "$DATA"' EXIT
+for _ in $(seq 100); do grep -q '"service":"gateway"' "$LOG" 2>/dev/null && break; sleep 0.1; done
+ADDR="$(grep -o '"service":"gateway","addr":"[^"]*"' "$LOG" | sed 's/.*"addr":"//; s/"$//')"
+
+python3 benches/pipeline_report.py --gateway "http://$ADDR" --images "$IMAGES" --runs "$RUNS"
