@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-15}"
 IMAGES="${NWS_TEST_IMAGES:-../shared/testdata/images}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nws-watermark/target}"
-command -v vips >/dev/null || { echo "needs libvips-tools (apt-get install libvips-tools)"; exit 1; }
+# libvips itself from Debian, its Python binding from PyPI.
+dpkg -s libvips42 >/dev/null 2>&1 || apt-get install -y -qq libvips42 >&2
+VENV="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}/bench-venv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check pyvips==3.0.0
 
 cargo build --release --locked -p gateway >&2
 DATA="$(mktemp -d)"
@@ -21,4 +25,4 @@ trap 'kill $MESH 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do grep -q '"service":"gateway"' "$LOG" 2>/dev/null && break; sleep 0.1; done
 ADDR="$(grep -o '"service":"gateway","addr":"[^"]*"' "$LOG" | sed 's/.*"addr":"//; s/"$//')"
 
-python3 benches/pipeline_report.py --gateway "http://$ADDR" --images "$IMAGES" --runs "$RUNS"
+"$VENV/bin/python" benches/pipeline_report.py --gateway "http://$ADDR" --images "$IMAGES" --runs "$RUNS"
