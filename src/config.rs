@@ -54,6 +54,20 @@ pub fn parse_or_exit<T: Parser>() -> T {
     }
 }
 
+/// The process exit status for a service's result: on failure, one line
+/// with the whole cause chain (`error: optimizer: cannot listen on
+/// 127.0.0.1:50051: Address already in use`), never a backtrace.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "exiting");
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// clap's message names the flag; settings mostly arrive through the
 /// environment, so name the variable too: `invalid value 'x' for
 /// NWS_HTTP_ADDR (--http-addr): invalid socket address syntax`.

@@ -69,6 +69,31 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     }
 }
 
+#[test]
+fn a_port_in_use_stops_start_up_with_one_line_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data_dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = run_to_exit(
+        &binary("gateway"),
+        &[
+            ("NWS_HTTP_ADDR", &addr),
+            ("NWS_OPTIMIZER_ADDR", "127.0.0.1:0"),
+            ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
+            ("NWS_DATA_DIR", data_dir.path().to_str().unwrap()),
+            ("RUST_BACKTRACE", "1"),
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("cannot listen on") && lines[0].contains(&addr),
+        "{}",
+        lines[0]
+    );
+}
+
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_upload_finish_then_exits_zero() {
     let mut mesh = Mesh::start();

@@ -1,5 +1,7 @@
+use std::process::ExitCode;
+
 use clap::Parser;
-use nws_watermark::config::{CommonConfig, parse_or_exit};
+use nws_watermark::config::{CommonConfig, exit_code, parse_or_exit};
 use optimizer_svc::OptimizerConfig;
 
 /// NWS Watermark Optimizer service.
@@ -13,10 +15,13 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     nws_watermark::telemetry::init(cli.common.log_format);
-    let app = optimizer_svc::build(cli.optimizer).await?;
-    app.run_until_stopped(nws_watermark::shutdown::signal(), cli.common.drain_timeout)
-        .await
+    let run = async {
+        let app = optimizer_svc::build(cli.optimizer).await?;
+        app.run_until_stopped(nws_watermark::shutdown::signal(), cli.common.drain_timeout)
+            .await
+    };
+    exit_code(run.await)
 }
