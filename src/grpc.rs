@@ -114,7 +114,8 @@ impl GrpcServer {
             .add_routes(routes.routes());
         tracing::info!(service = name, addr = %local_addr, "listening");
         let report_not_serving = async {
-            // Load balancers watching health stop sending before the drain.
+            // Health watchers (Kubernetes probes, balancers) see NOT_SERVING
+            // while the in-flight calls drain.
             for service in service_names.iter().copied().chain([""]) {
                 health
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)

@@ -5,15 +5,16 @@
 //! one winner), fsync the directory, then drop the temporary name.
 
 use std::{
-    io,
+    io::{self, SeekFrom},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::SystemTime,
 };
 
+use anyhow::Context as _;
 use tokio::{
     fs::File,
-    io::{AsyncReadExt, AsyncWriteExt, BufWriter},
+    io::{AsyncReadExt, AsyncSeekExt as _, AsyncWriteExt, BufWriter},
 };
 
 use crate::{ObjectKey, StorageError};
@@ -40,7 +41,6 @@ impl FsStore {
     /// Opens (creating when missing) the store under `data_dir` and removes
     /// temporary files a previous process left behind when it died mid-write.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
         let root = data_dir.to_path_buf();
         for dir in [OBJECTS_DIR, TEMP_DIR] {
             tokio::fs::create_dir_all(root.join(dir))
@@ -99,8 +99,6 @@ impl FsStore {
         let read = read_up_to(&mut file, &mut head)
             .await
             .map_err(StorageError::backend("read an object"))?;
-        use std::io::SeekFrom;
-        use tokio::io::AsyncSeekExt as _;
         file.seek(SeekFrom::Start(0))
             .await
             .map_err(StorageError::backend("read an object"))?;
