@@ -2,17 +2,18 @@
 //! serves, with health and reflection, one layer stack, and a graceful drain
 //! with a deadline.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{
     body::Body,
     server::NamedService,
     service::RoutesBuilder,
     transport::{Server, server::TcpIncoming},
 };
-use tonic_health::server::HealthReporter;
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::{
     classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier},
     trace::{DefaultMakeSpan, TraceLayer},
@@ -32,6 +33,19 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     health: HealthReporter,
+    health_watches: Vec<HealthWatch>,
+}
+
+/// The answer of a dependency check: `Err` says, for the logs, why the
+/// service cannot serve.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A service whose health follows a dependency (a storage backend, a
+/// broker): checked every `interval` while the server runs.
+struct HealthWatch {
+    service: &'static str,
+    interval: Duration,
+    check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
 }
 
 impl GrpcServer {
@@ -48,6 +62,7 @@ impl GrpcServer {
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
             health: HealthReporter::new(),
+            health_watches: Vec::new(),
         })
     }
 
@@ -76,10 +91,28 @@ impl GrpcServer {
         S::Future: Send + 'static,
     {
         self.health
-            .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
+            .set_service_status(S::NAME, ServingStatus::Serving)
             .await;
         self.service_names.push(S::NAME);
         self.routes.add_service(service);
+        self
+    }
+
+    /// Reports `service` SERVING or NOT_SERVING from `check`, run as soon as
+    /// the server starts (NOT_SERVING until then) and then every `interval`
+    /// until the drain begins. Changes are logged with their reason, so an
+    /// outage and its end are both visible.
+    pub fn watch_health(
+        mut self,
+        service: &'static str,
+        interval: Duration,
+        check: impl Fn() -> CheckFuture + Send + Sync + 'static,
+    ) -> Self {
+        self.health_watches.push(HealthWatch {
+            service,
+            interval,
+            check: Arc::new(check),
+        });
         self
     }
 
@@ -98,7 +131,19 @@ impl GrpcServer {
             mut routes,
             service_names,
             health,
+            health_watches,
         } = self;
+
+        for watch in &health_watches {
+            health
+                .set_service_status(watch.service, ServingStatus::NotServing)
+                .await;
+        }
+        let watches_stop = CancellationToken::new();
+        let watches: Vec<_> = health_watches
+            .into_iter()
+            .map(|watch| tokio::spawn(watch.run(health.clone(), watches_stop.clone())))
+            .collect();
 
         routes
             .add_service(tonic_health::pb::health_server::HealthServer::new(
@@ -115,10 +160,15 @@ impl GrpcServer {
         tracing::info!(service = name, addr = %local_addr, "listening");
         let report_not_serving = async {
             // Health watchers (Kubernetes probes, balancers) see NOT_SERVING
-            // while the in-flight calls drain.
+            // while the in-flight calls drain; dependency checks end first
+            // so that none of them can report SERVING again.
+            watches_stop.cancel();
+            for watch in watches {
+                let _ = watch.await;
+            }
             for service in service_names.iter().copied().chain([""]) {
                 health
-                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .set_service_status(service, ServingStatus::NotServing)
                     .await;
             }
         };
@@ -130,6 +180,37 @@ impl GrpcServer {
             drain_timeout,
         )
         .await
+    }
+}
+
+impl HealthWatch {
+    /// The service is NOT_SERVING until its first check passes.
+    async fn run(self, health: HealthReporter, stop: CancellationToken) {
+        let mut serving = None;
+        loop {
+            let verdict = tokio::select! {
+                verdict = (self.check)() => verdict,
+                () = stop.cancelled() => return,
+            };
+            if serving != Some(verdict.is_ok()) {
+                let status = match &verdict {
+                    Ok(()) => {
+                        tracing::info!(service = self.service, "dependency reachable: SERVING");
+                        ServingStatus::Serving
+                    }
+                    Err(reason) => {
+                        tracing::warn!(service = self.service, %reason, "dependency down: NOT_SERVING");
+                        ServingStatus::NotServing
+                    }
+                };
+                health.set_service_status(self.service, status).await;
+                serving = Some(verdict.is_ok());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = stop.cancelled() => return,
+            }
+        }
     }
 }
 

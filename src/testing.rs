@@ -97,6 +97,25 @@ impl ServiceProcess {
         self.logs.lock().expect("log lock").join("\n")
     }
 
+    /// Kills the process with SIGKILL, as a crash or the OOM killer would,
+    /// and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib * 1024
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let status = Command::new("kill")
@@ -134,11 +153,12 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// `binary` with no inherited `NWS_*` setting, JSON logs, then `env`.
+/// `binary` with no inherited `NWS_*` or `AWS_*` setting, JSON logs, then
+/// `env`.
 fn command(binary: &Path, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary);
     for (name, _) in std::env::vars() {
-        if name.starts_with("NWS_") {
+        if name.starts_with("NWS_") || name.starts_with("AWS_") {
             command.env_remove(name);
         }
     }
@@ -185,4 +205,133 @@ pub fn test_images_dir() -> std::path::PathBuf {
 pub fn test_image(name: &str) -> Vec<u8> {
     let path = test_images_dir().join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A real S3-protocol server (`s3s-fs`, from crates.io) over a temporary
+/// directory, on loopback; killed when dropped. The binary is
+/// `NWS_S3S_FS`, or `s3s-fs` on the PATH.
+pub struct S3Server {
+    child: Option<Child>,
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+impl S3Server {
+    pub const ACCESS_KEY: &str = "nws-test-access-key";
+    pub const SECRET_KEY: &str = "nws-test-secret-key";
+    pub const BUCKET: &str = "nws-test";
+    pub const REGION: &str = "us-east-1";
+
+    /// Starts on a free port, with an empty root (no bucket).
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().expect("temp dir for s3s-fs");
+        let (child, port) = spawn_s3s(root.path(), 0);
+        Self {
+            child: Some(child),
+            root,
+            port,
+        }
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Settings that point a Storage service at this server.
+    pub fn storage_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NWS_STORAGE_BACKEND", "s3".to_owned()),
+            ("NWS_S3_ENDPOINT", self.endpoint()),
+            ("NWS_S3_REGION", Self::REGION.to_owned()),
+            ("NWS_S3_BUCKET", Self::BUCKET.to_owned()),
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_owned()),
+        ]
+    }
+
+    /// The directory behind the server: a bucket is a directory in it, an
+    /// object a file under its key.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Kills the server, as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, over the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + START_TIMEOUT;
+        // The old listener's port can take a moment to be free again.
+        loop {
+            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(probe) => {
+                    drop(probe);
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("port {} stays busy: {e}", self.port),
+            }
+        }
+        let (child, _) = spawn_s3s(self.root.path(), self.port);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_s3s(root: &Path, port: u16) -> (Child, u16) {
+    let binary = std::env::var("NWS_S3S_FS").unwrap_or_else(|_| "s3s-fs".to_owned());
+    let mut child = Command::new(&binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--access-key",
+            S3Server::ACCESS_KEY,
+            "--secret-key",
+            S3Server::SECRET_KEY,
+        ])
+        .arg(root)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {binary} (cargo install s3s-fs@0.14.1 --features binary --locked): {e}")
+        });
+    let (port_tx, port_rx) = mpsc::channel::<u16>();
+    let outputs: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("stdout is piped")),
+        Box::new(child.stderr.take().expect("stderr is piped")),
+    ];
+    for output in outputs {
+        let port_tx = port_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
+                if let Some((_, address)) = line.split_once("server is running at http://127.0.0.1:")
+                    && let Ok(port) = address.trim().parse()
+                {
+                    let _ = port_tx.send(port);
+                }
+            }
+        });
+    }
+    match port_rx.recv_timeout(START_TIMEOUT) {
+        Ok(port) => (child, port),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{binary} did not report its address within {START_TIMEOUT:?}");
+        }
+    }
 }

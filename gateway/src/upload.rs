@@ -11,8 +11,8 @@ use futures_util::{Stream, StreamExt as _, stream};
 use nws_watermark::{
     chunk, media,
     pb::{
-        GetRequest, OptimizeHeader, OptimizeOptions, OptimizeRequest, OptimizeResponse, PutRequest,
-        PutResponse, get_response, optimize_request, optimize_response, put_request,
+        GetRequest, Namespace, OptimizeHeader, OptimizeOptions, OptimizeRequest, OptimizeResponse,
+        PutRequest, PutResponse, get_response, optimize_request, optimize_response, put_request,
     },
 };
 use tokio::sync::mpsc;
@@ -211,6 +211,7 @@ pub async fn process_stored(
         .storage()
         .get(upstreams.request(GetRequest {
             sha256: sha256.to_owned(),
+            namespace: Namespace::Originals.into(),
         }))
         .await
         .map_err(ApiError::from_status(Upstream::Storage))?
@@ -267,6 +268,7 @@ async fn forget_original(upstreams: &Upstreams, original: PutResponse) {
     }
     let request = upstreams.request(nws_watermark::pb::DeleteRequest {
         sha256: original.sha256.clone(),
+        namespace: Namespace::Originals.into(),
     });
     if let Err(status) = upstreams.storage().delete(request).await {
         tracing::warn!(sha256 = %original.sha256, %status, "could not remove an unreadable upload");

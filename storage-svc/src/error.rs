@@ -1,10 +1,12 @@
+use std::time::Duration;
+
 use tonic::Status;
 
 /// Everything a Storage call can fail with; [`From<StorageError> for
 /// Status`] is the one place that turns it into a gRPC status.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("invalid key {0:?}: a key is the SHA-256 of the bytes, exactly 64 lowercase hex characters")]
+    #[error("invalid key {0:?}: a key is a SHA-256, exactly 64 lowercase hex characters")]
     InvalidKey(String),
 
     #[error("no object with key {0}")]
@@ -26,13 +28,22 @@ pub enum StorageError {
     Backend {
         action: &'static str,
         #[source]
-        source: std::io::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+
+    #[error("storage backend did not {action} within {after:?} (NWS_STORAGE_TIMEOUT)")]
+    Timeout { action: &'static str, after: Duration },
 }
 
 impl StorageError {
-    pub(crate) fn backend(action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
-        move |source| Self::Backend { action, source }
+    pub(crate) fn backend<E>(action: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        move |source| Self::Backend {
+            action,
+            source: source.into(),
+        }
     }
 }
 
@@ -48,6 +59,10 @@ impl From<StorageError> for Status {
             StorageError::Backend { source, .. } => {
                 // The client learns what failed; the cause (paths, errno) stays in the logs.
                 tracing::error!(error = %error, cause = %source, "storage backend error");
+                Status::unavailable(error.to_string())
+            }
+            StorageError::Timeout { .. } => {
+                tracing::error!(error = %error, "storage backend timeout");
                 Status::unavailable(error.to_string())
             }
         }

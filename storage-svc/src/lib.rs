@@ -1,32 +1,69 @@
-//! NWS Watermark Storage: objects kept under the SHA-256 of their bytes,
-//! deduplicated, written atomically, served over gRPC.
+//! NWS Watermark Storage: originals kept under the SHA-256 of their bytes
+//! and results under their cache keys, deduplicated, written atomically, on
+//! the local disk or in an S3 bucket, served over gRPC.
 #![forbid(unsafe_code)]
 
+mod backend;
 mod config;
 mod error;
-mod fs_store;
 mod key;
 mod service;
 
-use nws_watermark::{grpc::GrpcServer, pb::storage_server::StorageServer};
+use std::{sync::Arc, time::Duration};
 
-pub use config::StorageConfig;
+use nws_watermark::{
+    grpc::GrpcServer,
+    pb::storage_server::{SERVICE_NAME, StorageServer},
+};
+
+pub use config::{BackendKind, S3Config, StorageConfig};
 pub use error::StorageError;
 pub use key::ObjectKey;
 
-use crate::{fs_store::FsStore, service::StorageService};
+use crate::{
+    backend::{Backend, fs::FsStore, s3::S3Store},
+    service::StorageService,
+};
 
 /// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain_timeout)`.
 pub type App = GrpcServer;
 
-/// Opens the store and binds the listener; nothing is served until
-/// [`App::run_until_stopped`].
+/// Opens the configured backend and binds the listener; nothing is served
+/// until [`App::run_until_stopped`]. A backend that cannot be reached yet
+/// is not fatal: health reports NOT_SERVING until it answers.
 pub async fn build(config: StorageConfig) -> anyhow::Result<App> {
-    let store = FsStore::open(&config.data_dir).await?;
-    let service = StorageService::new(store, config.max_object_bytes);
-    let server = GrpcServer::bind("storage", config.storage_addr)
-        .await?
-        .add_service(StorageServer::new(service))
-        .await;
+    let server = GrpcServer::bind("storage", config.storage_addr).await?;
+    match config.storage_backend {
+        BackendKind::Fs => serve(server, FsStore::open(&config.data_dir).await?, &config).await,
+        BackendKind::S3 => {
+            let store = S3Store::new(&config.s3, config.storage_timeout, config.max_object_bytes)?;
+            serve(server, store, &config).await
+        }
+    }
+}
+
+async fn serve<B: Backend>(server: GrpcServer, backend: B, config: &StorageConfig) -> anyhow::Result<App> {
+    let backend = Arc::new(backend);
+    let timeout = config.storage_timeout;
+    let checked = backend.clone();
+    let server = server
+        .add_service(StorageServer::new(StorageService::new(
+            backend,
+            config.max_object_bytes,
+            timeout,
+        )))
+        .await
+        .watch_health(SERVICE_NAME, config.storage_health_interval, move || {
+            let backend = checked.clone();
+            Box::pin(async move { check_within(&*backend, timeout).await })
+        });
     Ok(server)
+}
+
+async fn check_within(backend: &impl Backend, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, backend.check()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{:#}", anyhow::Error::from(e))),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
 }

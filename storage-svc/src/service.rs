@@ -1,93 +1,157 @@
-//! The `watermark.v1.Storage` gRPC service over the filesystem store.
+//! The `watermark.v1.Storage` gRPC service over any [`Backend`]; every
+//! backend operation runs under the configured deadline.
 
-use std::pin::Pin;
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, stream};
 use nws_watermark::{
     chunk::CHUNK_SIZE,
     media,
     pb::{
-        DeleteRequest, DeleteResponse, GetRequest, GetResponse, ObjectInfo, PutRequest, PutResponse,
-        StatRequest, StatResponse, get_response, put_request, storage_server::Storage,
+        DeleteRequest, DeleteResponse, GetRequest, GetResponse, ObjectInfo, PutOptions, PutRequest,
+        PutResponse, StatRequest, StatResponse, get_response, put_request, storage_server::Storage,
     },
 };
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     ObjectKey, StorageError,
-    fs_store::{FsStore, ObjectMeta},
+    backend::{Backend, Namespace, ObjectMeta, Upload},
 };
 
-pub struct StorageService {
-    store: FsStore,
+pub struct StorageService<B> {
+    backend: Arc<B>,
     max_object_bytes: u64,
+    timeout: Duration,
 }
 
-impl StorageService {
-    pub fn new(store: FsStore, max_object_bytes: u64) -> Self {
+/// Where a Put goes, from its options.
+struct PutTarget {
+    namespace: Namespace,
+    /// Known before the bytes: a result's key, or an original's expected hash.
+    key: Option<ObjectKey>,
+    expected_sha256: Option<ObjectKey>,
+}
+
+impl PutTarget {
+    fn from_options(options: PutOptions) -> Result<Self, StorageError> {
+        let namespace = Namespace::from_wire(options.namespace)?;
+        let expected_sha256 = match options.expected_sha256.as_str() {
+            "" => None,
+            hash => Some(ObjectKey::parse(hash)?),
+        };
+        let key = match (namespace, options.key.as_str()) {
+            (Namespace::Originals, "") => expected_sha256,
+            (Namespace::Originals, _) => {
+                return Err(StorageError::BadRequest(
+                    "an original's key is the SHA-256 of its bytes: leave `key` empty (use expected_sha256)",
+                ));
+            }
+            (Namespace::Results, "") => {
+                return Err(StorageError::BadRequest(
+                    "a result needs its `key` in the options",
+                ));
+            }
+            (Namespace::Results, key) => Some(ObjectKey::parse(key)?),
+        };
+        Ok(Self {
+            namespace,
+            key,
+            expected_sha256,
+        })
+    }
+}
+
+impl<B: Backend> StorageService<B> {
+    pub fn new(backend: Arc<B>, max_object_bytes: u64, timeout: Duration) -> Self {
         Self {
-            store,
+            backend,
             max_object_bytes,
+            timeout,
         }
     }
 
     async fn put(&self, mut upload: Streaming<PutRequest>) -> Result<PutResponse, StorageError> {
-        let mut expected = None;
-        let mut pending = self.store.begin_put().await?;
+        let mut pending_chunk = None;
+        let target = match next(&mut upload).await?.map(|m| m.payload) {
+            Some(Some(put_request::Payload::Options(options))) => PutTarget::from_options(options)?,
+            Some(Some(put_request::Payload::Chunk(chunk))) => {
+                pending_chunk = Some(chunk);
+                PutTarget::from_options(PutOptions::default())?
+            }
+            Some(None) => return Err(no_payload()),
+            None => PutTarget::from_options(PutOptions::default())?,
+        };
+
+        // A key known in advance that is already stored needs no write: the
+        // bytes are still read, to check the limit and the expected hash.
+        let already_stored = match &target.key {
+            Some(key) => self.exists(target.namespace, key).await?,
+            None => false,
+        };
+        let mut writer = if already_stored {
+            None
+        } else {
+            Some(
+                bounded(
+                    self.timeout,
+                    "start a write",
+                    self.backend.begin_put(target.namespace, target.key.as_ref()),
+                )
+                .await?,
+            )
+        };
+
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut head = Vec::with_capacity(media::SNIFF_LEN);
-        let mut first = true;
-
-        while let Some(message) = upload.message().await.map_err(StorageError::Upload)? {
-            match message.payload {
-                Some(put_request::Payload::Options(options)) if first => {
-                    if !options.expected_sha256.is_empty() {
-                        expected = Some(ObjectKey::parse(&options.expected_sha256)?);
+        loop {
+            let chunk = match pending_chunk.take() {
+                Some(chunk) => chunk,
+                None => match next(&mut upload).await?.map(|m| m.payload) {
+                    Some(Some(put_request::Payload::Chunk(chunk))) => chunk,
+                    Some(Some(put_request::Payload::Options(_))) => {
+                        return Err(StorageError::BadRequest(
+                            "options may only come in the first message",
+                        ));
                     }
-                }
-                Some(put_request::Payload::Options(_)) => {
-                    return Err(StorageError::BadRequest(
-                        "options may only come in the first message",
-                    ));
-                }
-                Some(put_request::Payload::Chunk(chunk)) => {
-                    size += chunk.len() as u64;
-                    if size > self.max_object_bytes {
-                        return Err(StorageError::TooLarge {
-                            limit: self.max_object_bytes,
-                        });
-                    }
-                    if head.len() < media::SNIFF_LEN {
-                        let take = (media::SNIFF_LEN - head.len()).min(chunk.len());
-                        head.extend_from_slice(&chunk[..take]);
-                    }
-                    hasher.update(&chunk);
-                    pending.write(&chunk).await?;
-                }
-                None => {
-                    return Err(StorageError::BadRequest(
-                        "a Put message carries neither options nor a chunk",
-                    ));
-                }
+                    Some(None) => return Err(no_payload()),
+                    None => break,
+                },
+            };
+            size += chunk.len() as u64;
+            if size > self.max_object_bytes {
+                return Err(StorageError::TooLarge {
+                    limit: self.max_object_bytes,
+                });
             }
-            first = false;
+            if head.len() < media::SNIFF_LEN {
+                let take = (media::SNIFF_LEN - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            hasher.update(&chunk);
+            if let Some(writer) = writer.as_mut() {
+                bounded(self.timeout, "store a chunk", writer.write(chunk)).await?;
+            }
         }
 
-        let key = ObjectKey::from_digest(&hasher.finalize().into());
-        if let Some(expected) = expected
-            && expected != key
+        let content_sha256 = ObjectKey::from_digest(&hasher.finalize().into());
+        if let Some(expected) = target.expected_sha256
+            && expected != content_sha256
         {
             return Err(StorageError::HashMismatch {
                 expected: expected.to_string(),
-                actual: key.to_string(),
+                actual: content_sha256.to_string(),
             });
         }
-        let deduplicated = pending.commit(&key).await?;
-        tracing::info!(%key, size, deduplicated, "put");
+        let key = target.key.unwrap_or(content_sha256);
+        let deduplicated = match writer {
+            Some(writer) => bounded(self.timeout, "commit an object", writer.commit(&key)).await?,
+            None => true,
+        };
+        tracing::info!(%key, namespace = target.namespace.prefix(), size, deduplicated, "put");
         Ok(PutResponse {
             sha256: key.to_string(),
             size,
@@ -95,21 +159,65 @@ impl StorageService {
             media_type: media::sniff_media_type(&head).to_owned(),
         })
     }
+
+    async fn exists(&self, namespace: Namespace, key: &ObjectKey) -> Result<bool, StorageError> {
+        match bounded(
+            self.timeout,
+            "describe an object",
+            self.backend.stat(namespace, key),
+        )
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
-fn object_info(key: &ObjectKey, meta: &ObjectMeta) -> ObjectInfo {
+async fn next(upload: &mut Streaming<PutRequest>) -> Result<Option<PutRequest>, StorageError> {
+    upload.message().await.map_err(StorageError::Upload)
+}
+
+fn no_payload() -> StorageError {
+    StorageError::BadRequest("a Put message carries neither options nor a chunk")
+}
+
+/// Runs one backend operation under the deadline.
+async fn bounded<T>(
+    timeout: Duration,
+    action: &'static str,
+    operation: impl Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    tokio::time::timeout(timeout, operation)
+        .await
+        .map_err(|_| StorageError::Timeout {
+            action,
+            after: timeout,
+        })?
+}
+
+fn object_info(key: &ObjectKey, meta: ObjectMeta) -> ObjectInfo {
     ObjectInfo {
         sha256: key.to_string(),
         size: meta.size,
-        media_type: meta.media_type.to_owned(),
+        media_type: meta.media_type,
         created: Some(prost_types::Timestamp::from(meta.created)),
     }
+}
+
+/// Splits pieces of any size into gRPC messages of at most [`CHUNK_SIZE`].
+fn rechunk(piece: Bytes) -> impl Stream<Item = Bytes> {
+    let pieces = (0..piece.len())
+        .step_by(CHUNK_SIZE)
+        .map(move |start| piece.slice(start..(start + CHUNK_SIZE).min(piece.len())));
+    stream::iter(pieces.collect::<Vec<_>>())
 }
 
 type GetStream = Pin<Box<dyn Stream<Item = Result<GetResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl Storage for StorageService {
+impl<B: Backend> Storage for StorageService<B> {
     async fn put(&self, request: Request<Streaming<PutRequest>>) -> Result<Response<PutResponse>, Status> {
         Ok(Response::new(self.put(request.into_inner()).await?))
     }
@@ -117,26 +225,33 @@ impl Storage for StorageService {
     type GetStream = GetStream;
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
-        let key = ObjectKey::parse(&request.get_ref().sha256)?;
-        let (meta, file) = self.store.open_object(&key).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::from_wire(request.namespace)?;
+        let key = ObjectKey::parse(&request.sha256)?;
+        let (meta, body) = bounded(self.timeout, "open an object", self.backend.get(namespace, &key)).await?;
         let info = GetResponse {
-            payload: Some(get_response::Payload::Info(object_info(&key, &meta))),
+            payload: Some(get_response::Payload::Info(object_info(&key, meta))),
         };
-        // The info message first, then the file in bounded chunks read on
-        // demand: a slow reader holds one chunk in memory, never the object.
-        let chunks = stream::unfold(Some(file), |file| async move {
-            let mut file = file?;
-            let mut buffer = BytesMut::with_capacity(CHUNK_SIZE);
-            match (&mut file).take(CHUNK_SIZE as u64).read_buf(&mut buffer).await {
-                Ok(0) => None,
-                Ok(_) => Some((
-                    Ok(GetResponse {
-                        payload: Some(get_response::Payload::Chunk(buffer.freeze())),
-                    }),
-                    Some(file),
-                )),
-                Err(e) => Some((Err(StorageError::backend("read an object")(e).into()), None)),
+        // Each piece is read under the deadline, so a backend that stalls
+        // mid-object ends the stream with UNAVAILABLE instead of hanging it.
+        let timeout = self.timeout;
+        let pieces = stream::unfold(Some(body), move |body| async move {
+            let mut body = body?;
+            match bounded(timeout, "read an object", async { body.next().await.transpose() }).await {
+                Ok(Some(piece)) => Some((Ok(piece), Some(body))),
+                Ok(None) => None,
+                Err(e) => Some((Err(Status::from(e)), None)),
             }
+        });
+        let chunks = pieces.flat_map(|piece| match piece {
+            Ok(piece) => rechunk(piece)
+                .map(|chunk| {
+                    Ok(GetResponse {
+                        payload: Some(get_response::Payload::Chunk(chunk)),
+                    })
+                })
+                .left_stream(),
+            Err(status) => stream::once(async { Err(status) }).right_stream(),
         });
         Ok(Response::new(Box::pin(
             stream::once(async { Ok(info) }).chain(chunks),
@@ -144,17 +259,31 @@ impl Storage for StorageService {
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
-        let key = ObjectKey::parse(&request.get_ref().sha256)?;
-        let (meta, _file) = self.store.open_object(&key).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::from_wire(request.namespace)?;
+        let key = ObjectKey::parse(&request.sha256)?;
+        let meta = bounded(
+            self.timeout,
+            "describe an object",
+            self.backend.stat(namespace, &key),
+        )
+        .await?;
         Ok(Response::new(StatResponse {
-            info: Some(object_info(&key, &meta)),
+            info: Some(object_info(&key, meta)),
         }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let key = ObjectKey::parse(&request.get_ref().sha256)?;
-        let deleted = self.store.delete(&key).await?;
-        tracing::info!(%key, deleted, "delete");
+        let request = request.into_inner();
+        let namespace = Namespace::from_wire(request.namespace)?;
+        let key = ObjectKey::parse(&request.sha256)?;
+        let deleted = bounded(
+            self.timeout,
+            "delete an object",
+            self.backend.delete(namespace, &key),
+        )
+        .await?;
+        tracing::info!(%key, namespace = namespace.prefix(), deleted, "delete");
         Ok(Response::new(DeleteResponse { deleted }))
     }
 }

@@ -8,7 +8,7 @@ use axum::{
 };
 use futures_util::StreamExt as _;
 use http::header;
-use nws_watermark::pb::{GetRequest, GetResponse, ObjectInfo, StatRequest, get_response};
+use nws_watermark::pb::{GetRequest, GetResponse, Namespace, ObjectInfo, StatRequest, get_response};
 use serde_json::json;
 
 use super::AppState;
@@ -23,7 +23,10 @@ pub async fn original(
     let upstreams = &state.upstreams;
     let mut object = upstreams
         .storage()
-        .get(upstreams.request(GetRequest { sha256 }))
+        .get(upstreams.request(GetRequest {
+            sha256,
+            namespace: Namespace::Originals.into(),
+        }))
         .await
         .map_err(ApiError::from_status(Upstream::Storage))?
         .into_inner();
@@ -72,7 +75,10 @@ pub async fn status(State(state): State<AppState>, Path(sha256): Path<String>) -
     let upstreams = &state.upstreams;
     let info = upstreams
         .storage()
-        .stat(upstreams.request(StatRequest { sha256 }))
+        .stat(upstreams.request(StatRequest {
+            sha256,
+            namespace: Namespace::Originals.into(),
+        }))
         .await
         .map_err(ApiError::from_status(Upstream::Storage))?
         .into_inner()

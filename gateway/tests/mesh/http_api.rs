@@ -310,7 +310,15 @@ async fn health_and_readiness() {
     let mesh = Mesh::start();
     let live = mesh.http.get(mesh.url("/healthz")).send().await.unwrap();
     assert_eq!(live.status(), 200);
-    let ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+    // Ready once Storage's first backend check has passed, moments after start.
+    let mut ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+    for _ in 0..100 {
+        if ready.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+    }
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["upstreams"]["optimizer"]["status"], "SERVING");

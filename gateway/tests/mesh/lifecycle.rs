@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use nws_watermark::testing::{ServiceProcess, run_to_exit, test_image};
+use nws_watermark::testing::{S3Server, ServiceProcess, run_to_exit, test_image};
 
-use crate::{KLEIBER, Mesh, binary, files_under, form};
+use crate::{KLEIBER, Mesh, binary, files_under, form, sha256_hex};
 
 #[tokio::test]
 async fn each_service_runs_as_its_own_binary() {
@@ -107,13 +107,19 @@ async fn sigterm_lets_an_in_flight_upload_finish_then_exits_zero() {
 
     // The upload is in flight once its bytes are landing in storage.
     let tmp = mesh.data_dir.path().join("tmp");
+    let landing = || {
+        files_under(&tmp).iter().any(|file| {
+            file.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("put-"))
+        })
+    };
     for _ in 0..500 {
-        if !files_under(&tmp).is_empty() {
+        if landing() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!files_under(&tmp).is_empty(), "the upload never reached storage");
+    assert!(landing(), "the upload never reached storage");
 
     let pid = mesh.process.pid();
     assert!(
@@ -136,4 +142,66 @@ async fn sigterm_lets_an_in_flight_upload_finish_then_exits_zero() {
 
     // New connections are refused once it has gone.
     assert!(mesh.http.get(mesh.url("/healthz")).send().await.is_err());
+}
+
+#[tokio::test]
+async fn the_embedded_storage_uses_s3_when_configured() {
+    let mut s3 = S3Server::start();
+    let settings = s3.storage_env();
+    let mut env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("NWS_STORAGE_HEALTH_INTERVAL", "100ms"));
+    let mesh = Mesh::start_with(&env);
+    let photo = test_image(KLEIBER);
+    let response = mesh
+        .http
+        .post(mesh.url("/v1/watermark"))
+        .multipart(form(photo.clone(), &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let key = sha256_hex(&photo);
+    assert_eq!(response.headers()["x-original-sha256"], key.as_str());
+
+    // In the bucket, not on the local disk.
+    let object = s3.root().join(S3Server::BUCKET).join("originals").join(&key);
+    assert!(std::fs::read(&object).expect("object in the bucket") == photo);
+    assert!(mesh.stored_originals().is_empty());
+    let original = mesh
+        .http
+        .get(mesh.url(&format!("/image/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(original.status(), 200);
+    assert!(original.bytes().await.unwrap() == photo);
+
+    // Readiness follows the bucket: down while S3 is, back when it is.
+    let storage_status = || async {
+        let ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+        let code = ready.status().as_u16();
+        let body: serde_json::Value = ready.json().await.unwrap();
+        (code, body["upstreams"]["storage"].to_string())
+    };
+    s3.stop();
+    let mut seen = storage_status().await;
+    for _ in 0..100 {
+        if seen.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = storage_status().await;
+    }
+    assert_eq!(seen.0, 503, "{seen:?}");
+    assert!(seen.1.contains("NOT_SERVING"), "{seen:?}");
+    s3.restart();
+    for _ in 0..100 {
+        if seen.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = storage_status().await;
+    }
+    assert_eq!(seen.0, 200, "{seen:?}");
+    assert!(seen.1.contains("\"SERVING\""), "{seen:?}");
 }

@@ -12,24 +12,19 @@ use std::{
 };
 
 use anyhow::Context as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use nws_watermark::chunk::CHUNK_SIZE;
 use tokio::{
     fs::File,
     io::{AsyncReadExt, AsyncSeekExt as _, AsyncWriteExt, BufWriter},
 };
 
+use super::{Backend, ByteStream, Namespace, ObjectMeta, Upload};
 use crate::{ObjectKey, StorageError};
 
-const OBJECTS_DIR: &str = "originals";
 const TEMP_DIR: &str = "tmp";
 const WRITE_BUFFER: usize = 256 * 1024;
-
-/// What is known about a stored object without reading all of it.
-#[derive(Debug, Clone)]
-pub struct ObjectMeta {
-    pub size: u64,
-    pub created: SystemTime,
-    pub media_type: &'static str,
-}
 
 #[derive(Debug)]
 pub struct FsStore {
@@ -42,7 +37,11 @@ impl FsStore {
     /// temporary files a previous process left behind when it died mid-write.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let root = data_dir.to_path_buf();
-        for dir in [OBJECTS_DIR, TEMP_DIR] {
+        for dir in [
+            Namespace::Originals.prefix(),
+            Namespace::Results.prefix(),
+            TEMP_DIR,
+        ] {
             tokio::fs::create_dir_all(root.join(dir))
                 .await
                 .with_context(|| format!("cannot create {} (NWS_DATA_DIR)", root.join(dir).display()))?;
@@ -63,28 +62,24 @@ impl FsStore {
         })
     }
 
-    /// Starts writing a new object under a temporary name.
-    pub async fn begin_put(&self) -> Result<PendingObject, StorageError> {
+    /// A fresh name under `tmp/`; `purpose` tells uploads from health probes.
+    fn temp_path(&self, purpose: &str) -> PathBuf {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .root
+        self.root
             .join(TEMP_DIR)
-            .join(format!("put-{}-{n}", std::process::id()));
-        let file = File::create_new(&path)
-            .await
-            .map_err(StorageError::backend("create a temporary file"))?;
-        Ok(PendingObject {
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-            temp_path: path,
-            objects_dir: self.root.join(OBJECTS_DIR),
-            committed: false,
-        })
+            .join(format!("{purpose}-{}-{n}", std::process::id()))
     }
 
-    /// Opens an object for reading, with its metadata.
-    pub async fn open_object(&self, key: &ObjectKey) -> Result<(ObjectMeta, File), StorageError> {
-        let path = object_path(&self.root.join(OBJECTS_DIR), key);
-        let mut file = match File::open(&path).await {
+    fn path_of(&self, namespace: Namespace, key: &ObjectKey) -> PathBuf {
+        object_path(&self.root.join(namespace.prefix()), key)
+    }
+
+    async fn open_object(
+        &self,
+        namespace: Namespace,
+        key: &ObjectKey,
+    ) -> Result<(ObjectMeta, File), StorageError> {
+        let mut file = match File::open(self.path_of(namespace, key)).await {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StorageError::NotFound(key.to_string()));
@@ -106,15 +101,60 @@ impl FsStore {
             size: meta.len(),
             // Objects are immutable, so their modification time is when they were stored.
             created: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            media_type: nws_watermark::media::sniff_media_type(&head[..read]),
+            media_type: nws_watermark::media::sniff_media_type(&head[..read]).to_owned(),
         };
         Ok((meta, file))
     }
+}
 
-    /// Removes an object; `false` when there was none.
-    pub async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
-        let dir = self.root.join(OBJECTS_DIR);
-        let path = object_path(&dir, key);
+impl Backend for FsStore {
+    type Upload = PendingObject;
+
+    /// Always through a temporary file: even with a known key, the final
+    /// name must not appear before the bytes are complete and synced.
+    async fn begin_put(
+        &self,
+        namespace: Namespace,
+        _key: Option<&ObjectKey>,
+    ) -> Result<PendingObject, StorageError> {
+        let path = self.temp_path("put");
+        let file = File::create_new(&path)
+            .await
+            .map_err(StorageError::backend("create a temporary file"))?;
+        Ok(PendingObject {
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            temp_path: path,
+            objects_dir: self.root.join(namespace.prefix()),
+            committed: false,
+        })
+    }
+
+    async fn stat(&self, namespace: Namespace, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
+        Ok(self.open_object(namespace, key).await?.0)
+    }
+
+    async fn get(
+        &self,
+        namespace: Namespace,
+        key: &ObjectKey,
+    ) -> Result<(ObjectMeta, ByteStream), StorageError> {
+        let (meta, file) = self.open_object(namespace, key).await?;
+        // Read on demand, one chunk at a time: a slow reader holds one
+        // chunk in memory, never the object.
+        let chunks = stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buffer = BytesMut::with_capacity(CHUNK_SIZE);
+            match (&mut file).take(CHUNK_SIZE as u64).read_buf(&mut buffer).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(buffer.freeze()), Some(file))),
+                Err(e) => Some((Err(StorageError::backend("read an object")(e)), None)),
+            }
+        });
+        Ok((meta, Box::pin(chunks)))
+    }
+
+    async fn delete(&self, namespace: Namespace, key: &ObjectKey) -> Result<bool, StorageError> {
+        let path = self.path_of(namespace, key);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {
                 let parent = path
@@ -130,9 +170,26 @@ impl FsStore {
             Err(e) => Err(StorageError::backend("delete an object")(e)),
         }
     }
+
+    /// The disk is usable when a file can be created, written, synced and
+    /// removed where uploads begin.
+    async fn check(&self) -> Result<(), StorageError> {
+        let path = self.temp_path("health");
+        let mut probe = File::create_new(&path)
+            .await
+            .map_err(StorageError::backend("create a file"))?;
+        let written = async {
+            probe.write_all(b"health").await?;
+            probe.sync_all().await
+        }
+        .await;
+        let removed = tokio::fs::remove_file(&path).await;
+        written.map_err(StorageError::backend("write a file"))?;
+        removed.map_err(StorageError::backend("remove a file"))
+    }
 }
 
-/// `originals/ab/cd/abcd…`: two levels of 256 directories keep every
+/// `originals/ab/cd/abcd…` (or `results/…`): two levels of 256 directories keep every
 /// directory small even with hundreds of millions of objects.
 fn object_path(objects_dir: &Path, key: &ObjectKey) -> PathBuf {
     let k = key.as_str();
@@ -148,18 +205,15 @@ pub struct PendingObject {
     committed: bool,
 }
 
-impl PendingObject {
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+impl Upload for PendingObject {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError> {
         let file = self.file.as_mut().expect("written before commit");
-        file.write_all(bytes)
+        file.write_all(&bytes)
             .await
             .map_err(StorageError::backend("write an object"))
     }
 
-    /// Makes the object durable under `key`. Returns `true` when an object
-    /// with that key already existed (the bytes are identical, since the key
-    /// is their hash), in which case nothing new is kept.
-    pub async fn commit(mut self, key: &ObjectKey) -> Result<bool, StorageError> {
+    async fn commit(mut self, key: &ObjectKey) -> Result<bool, StorageError> {
         let mut file = self.file.take().expect("committed once");
         file.flush()
             .await
@@ -176,7 +230,7 @@ impl PendingObject {
         let existed =
             tokio::task::spawn_blocking(move || link_into_place(&temp_path, &final_path, &objects_dir))
                 .await
-                .map_err(|e| StorageError::backend("link an object")(io::Error::other(e)))?
+                .map_err(StorageError::backend("link an object"))?
                 .map_err(StorageError::backend("link an object"))?;
         self.committed = true;
         let _ = std::fs::remove_file(&self.temp_path);
