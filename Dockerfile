@@ -1,6 +1,9 @@
 # One image with all three binaries; each container runs one of them.
 #   docker build -t nws-watermark .
 FROM rust:1.95-bookworm AS build
+# libjpeg-turbo is built from source, with its SIMD code.
+RUN apt-get update && apt-get install -y --no-install-recommends cmake nasm \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --workspace --bins \

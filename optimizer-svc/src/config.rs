@@ -26,6 +26,12 @@ pub struct OptimizerConfig {
     /// Images processed at once; 0 means one per CPU core.
     #[arg(long, env = "NWS_OPTIMIZER_WORKERS", default_value_t = 0)]
     pub workers: usize,
+
+    /// Calls that may wait for a worker (uploading or queued); past it a
+    /// call is refused at once with RESOURCE_EXHAUSTED. 0 means four per
+    /// worker.
+    #[arg(long, env = "NWS_OPTIMIZER_QUEUE", default_value_t = 0)]
+    pub queue: usize,
 }
 
 impl OptimizerConfig {
@@ -34,6 +40,14 @@ impl OptimizerConfig {
             self.workers
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    pub(crate) fn queue_length(&self) -> usize {
+        if self.queue > 0 {
+            self.queue
+        } else {
+            4 * self.worker_count()
         }
     }
 }

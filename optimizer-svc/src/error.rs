@@ -36,6 +36,17 @@ pub enum OptimizeError {
     #[error("the upload stream failed: {0}")]
     Upload(#[source] Status),
 
+    #[error(
+        "the optimizer is busy: {admitted} images in progress or waiting, its limit \
+         (NWS_OPTIMIZER_WORKERS + NWS_OPTIMIZER_QUEUE); retry later"
+    )]
+    Busy { admitted: usize },
+
+    /// The caller left (cancelled, or its deadline passed): nobody reads
+    /// this error, it only stops the work.
+    #[error("the call was cancelled before the {stage} stage")]
+    Cancelled { stage: &'static str },
+
     #[error("the image could not be processed")]
     Internal(#[source] anyhow::Error),
 }
@@ -49,6 +60,8 @@ impl From<OptimizeError> for Status {
                 tracing::error!(error = %error, cause = format!("{cause:#}"), "optimizer failure");
                 Status::internal(error.to_string())
             }
+            OptimizeError::Busy { .. } => Status::resource_exhausted(error.to_string()),
+            OptimizeError::Cancelled { .. } => Status::cancelled(error.to_string()),
             _ => Status::invalid_argument(error.to_string()),
         }
     }

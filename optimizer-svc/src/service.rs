@@ -1,7 +1,13 @@
 //! The `watermark.v1.Optimizer` gRPC service: collects the upload, runs the
 //! pipeline on a bounded pool of blocking workers, streams the result.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, stream};
@@ -13,6 +19,7 @@ use nws_watermark::{
     },
 };
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -25,13 +32,40 @@ pub struct OptimizerService {
     /// One permit per worker: at most that many images are decoded at once,
     /// which also bounds the memory they take.
     workers: Arc<Semaphore>,
+    /// Calls admitted (uploading, waiting or running) and the most allowed:
+    /// past it a call is refused before its upload is read.
+    admitted: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// A call's place in the optimizer; leaving it (however the call ends)
+/// frees the place and stops work nobody will read.
+struct Admission {
+    admitted: Arc<AtomicUsize>,
+    cancel: CancellationToken,
+    finished: bool,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished {
+            // The call's future was dropped: the client went away or its
+            // deadline (grpc-timeout) passed.
+            tracing::info!("call cancelled by the client or its deadline; its work stops");
+            self.cancel.cancel();
+        }
+    }
 }
 
 impl OptimizerService {
     pub fn new(config: &OptimizerConfig) -> Self {
         let workers = config.worker_count();
-        tracing::info!(workers, "optimizer worker pool");
+        let queue = config.queue_length();
+        tracing::info!(workers, queue, "optimizer worker pool");
         Self {
+            admitted: Arc::new(AtomicUsize::new(0)),
+            capacity: workers + queue,
             limits: Limits {
                 max_input_bytes: config.max_input_bytes,
                 max_pixels: config.max_pixels,
@@ -79,7 +113,28 @@ impl OptimizerService {
         Ok((options, input.freeze()))
     }
 
-    async fn process(&self, input: Bytes, options: Options) -> Result<Output, OptimizeError> {
+    /// Takes a place, or refuses the call at once when there is none.
+    fn admit(&self) -> Result<Admission, OptimizeError> {
+        let before = self.admitted.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission {
+            admitted: Arc::clone(&self.admitted),
+            cancel: CancellationToken::new(),
+            finished: false,
+        };
+        if before >= self.capacity {
+            let mut refused = admission;
+            refused.finished = true;
+            return Err(OptimizeError::Busy { admitted: before });
+        }
+        Ok(admission)
+    }
+
+    async fn process(
+        &self,
+        input: Bytes,
+        options: Options,
+        cancel: CancellationToken,
+    ) -> Result<Output, OptimizeError> {
         let permit = Arc::clone(&self.workers)
             .acquire_owned()
             .await
@@ -87,7 +142,7 @@ impl OptimizerService {
         let limits = self.limits;
         let job = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            pipeline::run(&input, &options, &limits)
+            pipeline::run(&input, &options, &limits, &cancel)
         });
         match job.await {
             Ok(result) => result,
@@ -126,10 +181,18 @@ impl Optimizer for OptimizerService {
         &self,
         request: Request<Streaming<OptimizeRequest>>,
     ) -> Result<Response<Self::OptimizeStream>, Status> {
-        let mut upload = request.into_inner();
-        let (options, input) = self.receive(&mut upload).await?;
-        let input_bytes = input.len();
-        let output = self.process(input, options).await?;
+        let mut admission = self.admit()?;
+        let cancel = admission.cancel.clone();
+        let work = async {
+            let mut upload = request.into_inner();
+            let (options, input) = self.receive(&mut upload).await?;
+            let input_bytes = input.len();
+            Ok::<_, OptimizeError>((input_bytes, self.process(input, options, cancel).await?))
+        };
+        // Reached only if the call was not dropped half-way.
+        let result = work.await;
+        admission.finished = true;
+        let (input_bytes, output) = result?;
         let (display_width, display_height) = output.source.display_size();
         tracing::info!(
             input_bytes,

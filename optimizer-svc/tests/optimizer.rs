@@ -299,3 +299,314 @@ fn png_bomb() -> Vec<u8> {
     drop(writer);
     out
 }
+
+/// Encodes RGB pixels as a baseline JPEG (libjpeg-turbo, 4:4:4, q95).
+fn jpeg_from_rgb(width: usize, height: usize, rgb: &[u8]) -> Vec<u8> {
+    let mut compressor = turbojpeg::Compressor::new().unwrap();
+    compressor.set_quality(95).unwrap();
+    compressor.set_subsamp(turbojpeg::Subsamp::None).unwrap();
+    compressor
+        .compress_to_vec(turbojpeg::Image {
+            pixels: rgb,
+            width,
+            pitch: width * 3,
+            height,
+            format: turbojpeg::PixelFormat::RGB,
+        })
+        .unwrap()
+}
+
+/// Inserts an EXIF block carrying only `orientation` after the SOI marker.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"MM\0*\0\0\0\x08".to_vec();
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one IFD entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // one value
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // padding, no next IFD
+    let payload = [&b"Exif\0\0"[..], &tiff].concat();
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// Mean colour of a `size`-pixel square centred on (x, y).
+fn mean_rgb(image: &image::RgbImage, x: u32, y: u32, size: u32) -> [f64; 3] {
+    let mut sum = [0f64; 3];
+    for dy in 0..size {
+        for dx in 0..size {
+            let p = image.get_pixel(x - size / 2 + dx, y - size / 2 + dy).0;
+            for c in 0..3 {
+                sum[c] += f64::from(p[c]);
+            }
+        }
+    }
+    sum.map(|s| s / f64::from(size * size))
+}
+
+fn close(a: [f64; 3], b: [f64; 3], tolerance: f64) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tolerance)
+}
+
+#[tokio::test]
+async fn all_eight_exif_orientations_are_applied() {
+    // Four coloured quadrants, stored 400×240: red, green / blue, yellow.
+    let (width, height) = (400usize, 240usize);
+    let colours = [[220u8, 30, 30], [30, 200, 30], [30, 30, 220], [230, 220, 40]];
+    let rgb: Vec<u8> = (0..width * height)
+        .flat_map(|i| {
+            let (x, y) = (i % width, i / width);
+            colours[usize::from(y >= height / 2) * 2 + usize::from(x >= width / 2)]
+        })
+        .collect();
+    let stored = jpeg_from_rgb(width, height, &rgb);
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    for orientation in 1..=8u8 {
+        let input = with_exif_orientation(&stored, u16::from(orientation));
+        let (header, bytes) = optimize(&mut client, OptimizeOptions::default(), &input)
+            .await
+            .unwrap_or_else(|s| panic!("orientation {orientation}: {s:?}"));
+        let mut expected = image::load_from_memory(&stored).unwrap();
+        expected.apply_orientation(image::metadata::Orientation::from_exif(orientation).unwrap());
+        let expected = expected.to_rgb8();
+        let output = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(
+            output.dimensions(),
+            expected.dimensions(),
+            "orientation {orientation}"
+        );
+        assert_eq!((header.width, header.height), expected.dimensions());
+        // Three quadrant centres; the fourth holds the watermark.
+        let (w, h) = output.dimensions();
+        for (x, y) in [(w / 4, h / 4), (3 * w / 4, h / 4), (w / 4, 3 * h / 4)] {
+            let (got, want) = (mean_rgb(&output, x, y, 16), mean_rgb(&expected, x, y, 16));
+            assert!(
+                close(got, want, 12.0),
+                "orientation {orientation} at ({x}, {y}): {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn shrink_on_load_matches_a_full_size_decode_and_resize() {
+    let input = test_image("kleiber_4000x3000.jpg");
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    let (header, bytes) = optimize(&mut client, OptimizeOptions::default(), &input)
+        .await
+        .unwrap();
+    assert_eq!((header.width, header.height), (1440, 1080));
+    let output = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let reference = image::load_from_memory(&input)
+        .unwrap()
+        .resize_exact(1440, 1080, image::imageops::FilterType::Lanczos3)
+        .to_rgb8();
+    // The top half, away from the bottom-right watermark.
+    let mut total = 0f64;
+    let mut count = 0f64;
+    for y in 0..540 {
+        for x in 0..1440 {
+            let (a, b) = (output.get_pixel(x, y).0, reference.get_pixel(x, y).0);
+            for c in 0..3 {
+                total += (f64::from(a[c]) - f64::from(b[c])).abs();
+                count += 1.0;
+            }
+        }
+    }
+    let mean_error = total / count;
+    assert!(
+        mean_error < 4.0,
+        "mean absolute difference {mean_error:.2} from a full-size decode"
+    );
+}
+
+#[tokio::test]
+async fn odd_inputs_are_processed() {
+    let process = start(&[]);
+    let mut client = client(&process).await;
+
+    // CMYK (Adobe YCCK), which libjpeg-turbo cannot turn into RGB itself.
+    let cmyk: Vec<u8> = (0..320 * 200)
+        .flat_map(|i| [(i % 320) as u8, 40, 200, 10])
+        .collect();
+    let mut compressor = turbojpeg::Compressor::new().unwrap();
+    compressor.set_quality(90).unwrap();
+    let cmyk_jpeg = compressor
+        .compress_to_vec(turbojpeg::Image {
+            pixels: &cmyk[..],
+            width: 320,
+            pitch: 320 * 4,
+            height: 200,
+            format: turbojpeg::PixelFormat::CMYK,
+        })
+        .unwrap();
+    // 16-bit RGB PNG.
+    let mut png16 = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png16, 300, 200);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        let data: Vec<u8> = (0..300 * 200)
+            .flat_map(|i: u32| {
+                let v = ((i % 300) * 218) as u16;
+                [v.to_be_bytes(), 20000u16.to_be_bytes(), 60000u16.to_be_bytes()].concat()
+            })
+            .collect();
+        encoder.write_header().unwrap().write_image_data(&data).unwrap();
+    }
+    // 1×1 PNG with alpha, and a 30000×10 panorama.
+    let mut one = Vec::new();
+    image::RgbaImage::from_pixel(1, 1, image::Rgba([10, 20, 30, 128]))
+        .write_to(&mut std::io::Cursor::new(&mut one), image::ImageFormat::Png)
+        .unwrap();
+    let panorama_rgb: Vec<u8> = (0..30000 * 10).flat_map(|i| [(i % 251) as u8, 90, 160]).collect();
+    let panorama = jpeg_from_rgb(30000, 10, &panorama_rgb);
+
+    type Case = (&'static str, Vec<u8>, (u32, u32), ImageFormat);
+    let cases: [Case; 4] = [
+        ("CMYK JPEG", cmyk_jpeg.clone(), (320, 200), ImageFormat::Jpeg),
+        ("16-bit PNG", png16, (300, 200), ImageFormat::Png),
+        ("1×1 with alpha", one, (1, 1), ImageFormat::Png),
+        ("30000×10 panorama", panorama, (1920, 1), ImageFormat::Jpeg),
+    ];
+    for (what, input, size, source_format) in cases {
+        let (header, bytes) = optimize(&mut client, OptimizeOptions::default(), &input)
+            .await
+            .unwrap_or_else(|s| panic!("{what}: {s:?}"));
+        assert_eq!((header.width, header.height), size, "{what}");
+        assert_eq!(header.source_format(), source_format, "{what}");
+        assert_eq!(decoded_size(&bytes), size, "{what}");
+    }
+
+    // The CMYK photo's colours are the reference decoder's, not garbage.
+    let (_, bytes) = optimize(&mut client, OptimizeOptions::default(), &cmyk_jpeg)
+        .await
+        .unwrap();
+    let output = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let reference = image::load_from_memory(&cmyk_jpeg).unwrap().to_rgb8();
+    for x in [40, 160] {
+        let (got, want) = (mean_rgb(&output, x, 50, 8), mean_rgb(&reference, x, 50, 8));
+        assert!(close(got, want, 12.0), "CMYK at x={x}: {got:?} vs {want:?}");
+    }
+
+    // PNG bytes, whatever a client calls them, are read as PNG.
+    let (header, _) = optimize(
+        &mut client,
+        OptimizeOptions::default(),
+        &test_image("seeding_alpha_2000x1125.png"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(header.source_format(), ImageFormat::Png);
+}
+
+#[tokio::test]
+async fn past_the_waiting_line_calls_are_refused_at_once() {
+    let process = start(&[("NWS_OPTIMIZER_WORKERS", "1"), ("NWS_OPTIMIZER_QUEUE", "1")]);
+    let client = client(&process).await;
+    let jpeg = test_image("kleiber_4000x3000.jpg");
+
+    // Two calls hold the worker's place and the queue's: they send their
+    // options and a first chunk, then wait.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(OptimizeRequest {
+            payload: Some(optimize_request::Payload::Options(OptimizeOptions::default())),
+        })
+        .await
+        .unwrap();
+        tx.send(OptimizeRequest {
+            payload: Some(optimize_request::Payload::Chunk(jpeg[..65536].to_vec().into())),
+        })
+        .await
+        .unwrap();
+        let mut held = client.clone();
+        let call = tokio::spawn(async move {
+            held.optimize(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        holders.push((tx, call));
+    }
+    // Give their headers time to reach the server (only this test's setup
+    // waits on it; the refusal itself is immediate).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        holders.iter().all(|(_, call)| !call.is_finished()),
+        "holders admitted and waiting"
+    );
+    let mut third = client.clone();
+    let status = optimize(&mut third, OptimizeOptions::default(), &jpeg)
+        .await
+        .expect_err("a third call is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("NWS_OPTIMIZER_QUEUE"),
+        "{}",
+        status.message()
+    );
+
+    // Once the holders finish, there is room again.
+    for (tx, call) in holders {
+        for chunk in jpeg[65536..].chunks(65536) {
+            tx.send(OptimizeRequest {
+                payload: Some(optimize_request::Payload::Chunk(chunk.to_vec().into())),
+            })
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        call.await.unwrap().expect("the held call completes");
+    }
+    let mut client = client.clone();
+    optimize(&mut client, OptimizeOptions::default(), &jpeg)
+        .await
+        .expect("room again");
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passes_is_dropped_before_it_runs() {
+    let process = start(&[("NWS_OPTIMIZER_WORKERS", "1")]);
+    let client = client(&process).await;
+    let photo = test_image("dragonfly_4224x3168_progressive.jpg");
+
+    // The one worker is busy with a slow progressive photo...
+    let mut busy = client.clone();
+    let busy_photo = photo.clone();
+    let first =
+        tokio::spawn(async move { optimize(&mut busy, OptimizeOptions::default(), &busy_photo).await });
+    // ...while a call with a short deadline waits behind it.
+    let mut messages = vec![OptimizeRequest {
+        payload: Some(optimize_request::Payload::Options(OptimizeOptions::default())),
+    }];
+    messages.extend(photo.chunks(64 * 1024).map(|chunk| OptimizeRequest {
+        payload: Some(optimize_request::Payload::Chunk(chunk.to_vec().into())),
+    }));
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    request.set_timeout(std::time::Duration::from_millis(30));
+    let mut hurried = client.clone();
+    let status = hurried.optimize(request).await.expect_err("deadline passes");
+    // tonic reports its own client-side timer as CANCELLED.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+
+    first.await.unwrap().expect("the first call completes");
+    // The server dropped the late call: it was never optimized.
+    for _ in 0..100 {
+        if process.logs().contains("call cancelled") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let logs = process.logs();
+    assert!(logs.contains("call cancelled"), "{logs}");
+    assert_eq!(logs.matches("\"optimized\"").count(), 1, "{logs}");
+}

@@ -4,7 +4,7 @@
 //! Two request shapes: `multipart/form-data` with the file in field `image`
 //! and the options as fields, or the raw image as the body with the options
 //! as query parameters. Options are `wm_text`, `wm_position`, `format`,
-//! `quality`, `max_width`, `max_height`.
+//! `quality`, `progressive`, `max_width`, `max_height`.
 
 use axum::{
     body::Body,
@@ -130,11 +130,12 @@ async fn from_form(state: &AppState, request: Request, limit: u64) -> Result<Pro
 struct FormOptions(OptimizeOptions);
 
 impl FormOptions {
-    const NAMES: [&'static str; 6] = [
+    const NAMES: [&'static str; 7] = [
         "wm_text",
         "wm_position",
         "format",
         "quality",
+        "progressive",
         "max_width",
         "max_height",
     ];
@@ -146,6 +147,7 @@ impl FormOptions {
             "wm_position" => options.position = parse_position(value)? as i32,
             "format" => options.format = parse_format(value)? as i32,
             "quality" => options.quality = parse_number(name, value)?,
+            "progressive" => options.progressive = parse_flag(name, value)?,
             "max_width" => options.max_width = parse_number(name, value)?,
             "max_height" => options.max_height = parse_number(name, value)?,
             _ => {} // not an option
@@ -198,6 +200,16 @@ fn parse_number(name: &str, value: &str) -> Result<u32, ApiError> {
     value
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{name} {value:?} is not a whole number")))
+}
+
+fn parse_flag(name: &str, value: &str) -> Result<bool, ApiError> {
+    match value.trim() {
+        "" | "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(ApiError::BadRequest(format!(
+            "{name} {other:?} is not true or false"
+        ))),
+    }
 }
 
 fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {

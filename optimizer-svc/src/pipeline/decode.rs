@@ -1,11 +1,18 @@
 //! Header inspection and pixel decoding, with the limits checked between
 //! the two: nothing is decoded for an image that is too large.
+//!
+//! JPEGs are decoded by libjpeg-turbo at the smallest of 1/8, 1/4, 1/2 or
+//! full scale that still covers the output size (shrink-on-load): the DCT
+//! does most of the downscaling for free, and the resampler only finishes
+//! the job. Everything else, and CMYK/YCCK JPEGs, go through `image`.
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageError, ImageReader, metadata::Orientation};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageReader, Rgb, metadata::Orientation};
 use nws_watermark::{media, pb::ImageFormat};
+use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
+use super::{Pixels, fit_within};
 use crate::OptimizeError;
 
 /// Ceilings on what an input may be; checked before any pixel is decoded.
@@ -46,9 +53,11 @@ pub fn probe(bytes: &[u8]) -> Result<Header, OptimizeError> {
     Ok(header)
 }
 
-/// Decodes `bytes` into upright pixels, refusing images over `limits`
-/// before their pixels are decoded.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(Header, DynamicImage), OptimizeError> {
+/// Decodes `bytes` into upright pixels. When the format can decode smaller
+/// for less, the pixels are only as large as needed to cover the image
+/// fitted into `max_box`; otherwise they are full size. Images over
+/// `limits` are refused before their pixels are decoded.
+pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Header, Pixels), OptimizeError> {
     if bytes.len() as u64 > limits.max_input_bytes {
         return Err(OptimizeError::TooManyBytes {
             limit: limits.max_input_bytes,
@@ -62,9 +71,72 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(Header, DynamicImage), O
             "the data ends early (truncated file)".into(),
         ));
     }
+    let (display_width, display_height) = header.display_size();
+    let covering = fit_within(display_width, display_height, max_box.0, max_box.1);
+    if header.format == ImageFormat::Jpeg
+        && let Some(pixels) = decode_jpeg_scaled(bytes, &header, covering)?
+    {
+        return Ok((header, pixels));
+    }
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     image.apply_orientation(header.orientation);
-    Ok((header, image))
+    Ok((header, Pixels::from_image(image)))
+}
+
+/// The largest libjpeg-turbo downscale whose result still covers `covering`
+/// (upright), or `None` for the colour spaces it cannot turn into RGB.
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    header: &Header,
+    covering: (u32, u32),
+) -> Result<Option<Pixels>, OptimizeError> {
+    let mut decompressor = Decompressor::new().map_err(turbo_error)?;
+    let jpeg = decompressor.read_header(bytes).map_err(turbo_error)?;
+    if matches!(jpeg.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
+        return Ok(None);
+    }
+    // Compared in stored orientation: swap the target for rotated images.
+    let (cover_w, cover_h) = match header.display_size() == (header.width, header.height) {
+        true => covering,
+        false => (covering.1, covering.0),
+    };
+    let factor = [8, 4, 2]
+        .into_iter()
+        .map(|denom| ScalingFactor::new(1, denom))
+        .find(|factor| {
+            factor.scale(jpeg.width) >= cover_w as usize && factor.scale(jpeg.height) >= cover_h as usize
+        })
+        .unwrap_or(ScalingFactor::ONE);
+    decompressor.set_scaling_factor(factor).map_err(turbo_error)?;
+    let scaled = jpeg.scaled(factor);
+    let mut image = turbojpeg::Image {
+        pixels: vec![0u8; scaled.width * scaled.height * 3],
+        width: scaled.width,
+        pitch: scaled.width * 3,
+        height: scaled.height,
+        format: PixelFormat::RGB,
+    };
+    decompressor
+        .decompress(bytes, image.as_deref_mut())
+        .map_err(turbo_error)?;
+    let (width, height) = (scaled.width as u32, scaled.height as u32);
+    if header.orientation == Orientation::NoTransforms {
+        return Ok(Some(Pixels {
+            width,
+            height,
+            channels: 3,
+            data: image.pixels,
+        }));
+    }
+    let buffer = ImageBuffer::<Rgb<u8>, _>::from_raw(width, height, image.pixels)
+        .expect("the buffer was sized for these dimensions");
+    let mut upright = DynamicImage::ImageRgb8(buffer);
+    upright.apply_orientation(header.orientation);
+    Ok(Some(Pixels::from_image(upright)))
+}
+
+fn turbo_error(error: turbojpeg::Error) -> OptimizeError {
+    OptimizeError::Corrupt(error.to_string())
 }
 
 fn check_limits(header: &Header, limits: &Limits) -> Result<(), OptimizeError> {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use image::DynamicImage;
 use nws_watermark::pb::ImageFormat;
+use tokio_util::sync::CancellationToken;
 
 pub use decode::{Header, Limits, probe};
 pub use options::Options;
@@ -82,29 +83,49 @@ pub struct Output {
     pub timings: Timings,
 }
 
-/// Runs the whole pipeline over an encoded image.
-pub fn run(input: &[u8], options: &Options, limits: &Limits) -> Result<Output, OptimizeError> {
+/// Runs the whole pipeline over an encoded image, stopping between stages
+/// once `cancel` is cancelled.
+pub fn run(
+    input: &[u8],
+    options: &Options,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) -> Result<Output, OptimizeError> {
     let mut timings = Timings::default();
+    let go_on = |stage| match cancel.is_cancelled() {
+        true => Err(OptimizeError::Cancelled { stage }),
+        false => Ok(()),
+    };
 
+    go_on("decode")?;
     let started = Instant::now();
-    let (source, image) = decode::decode(input, limits)?;
-    let pixels = Pixels::from_image(image);
+    let (source, pixels) = decode::decode(input, limits, (options.max_width, options.max_height))?;
     timings.decode = started.elapsed();
 
+    let (display_width, display_height) = source.display_size();
+    let (width, height) = fit_within(
+        display_width,
+        display_height,
+        options.max_width,
+        options.max_height,
+    );
+
+    go_on("resize")?;
     let started = Instant::now();
-    let (width, height) = fit_within(pixels.width, pixels.height, options.max_width, options.max_height);
     let mut pixels = resize::resize(pixels, width, height)
         .context("resize")
         .map_err(OptimizeError::Internal)?;
     timings.resize = started.elapsed();
 
+    go_on("watermark")?;
     let started = Instant::now();
     let ink = watermark::draw(&mut pixels, &options.text, options.position);
     timings.watermark = started.elapsed();
 
+    go_on("encode")?;
     let started = Instant::now();
     let format = encode::resolve_format(options.format, &pixels);
-    let bytes = encode::encode(&pixels, format, options.quality)
+    let bytes = encode::encode(&pixels, format, options.quality, options.progressive)
         .with_context(|| format!("encode {format:?}"))
         .map_err(OptimizeError::Internal)?;
     timings.encode = started.elapsed();

@@ -21,6 +21,8 @@ pub struct Options {
     /// when it has transparency).
     pub format: ImageFormat,
     pub quality: u8,
+    /// Progressive JPEG (ignored by other formats).
+    pub progressive: bool,
     pub max_width: u32,
     pub max_height: u32,
 }
@@ -32,6 +34,7 @@ impl Default for Options {
             position: Position::BottomRight,
             format: ImageFormat::Unspecified,
             quality: DEFAULT_QUALITY,
+            progressive: false,
             max_width: DEFAULT_MAX_WIDTH,
             max_height: DEFAULT_MAX_HEIGHT,
         }
@@ -94,6 +97,7 @@ impl TryFrom<OptimizeOptions> for Options {
             position,
             format,
             quality,
+            progressive: wire.progressive,
             max_width: side(wire.max_width, DEFAULT_MAX_WIDTH, "max_width")?,
             max_height: side(wire.max_height, DEFAULT_MAX_HEIGHT, "max_height")?,
         })
