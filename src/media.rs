@@ -16,6 +16,22 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
         [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(ImageFormat::Png),
         [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(ImageFormat::Gif),
         [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some(ImageFormat::Webp),
+        // An ISO-BMFF `ftyp` box whose major brand is AVIF (image or sequence).
+        [
+            _,
+            _,
+            _,
+            _,
+            b'f',
+            b't',
+            b'y',
+            b'p',
+            b'a',
+            b'v',
+            b'i',
+            b'f' | b's',
+            ..,
+        ] => Some(ImageFormat::Avif),
         _ => None,
     }
 }
@@ -27,6 +43,7 @@ pub fn media_type(format: ImageFormat) -> &'static str {
         ImageFormat::Png => "image/png",
         ImageFormat::Gif => "image/gif",
         ImageFormat::Webp => "image/webp",
+        ImageFormat::Avif => "image/avif",
         ImageFormat::Unspecified => OCTET_STREAM,
     }
 }
@@ -47,6 +64,8 @@ mod tests {
         assert_eq!(sniff(b"GIF89a...."), Some(ImageFormat::Gif));
         assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(ImageFormat::Webp));
         assert_eq!(sniff(b"RIFF\0\0\0\0WAVEfmt "), None);
+        assert_eq!(sniff(b"\0\0\0\x1cftypavif"), Some(ImageFormat::Avif));
+        assert_eq!(sniff(b"\0\0\0\x1cftypisom"), None);
         assert_eq!(sniff(b"<svg"), None);
         assert_eq!(sniff(&[0xFF, 0xD8]), None);
         assert_eq!(sniff_media_type(b"hello"), OCTET_STREAM);

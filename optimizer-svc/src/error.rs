@@ -13,7 +13,9 @@ pub enum OptimizeError {
     #[error("no image bytes were sent")]
     Empty,
 
-    #[error("not a supported image: the bytes are not JPEG, PNG, WebP or GIF")]
+    #[error(
+        "not a supported image: the bytes are not JPEG, PNG, WebP or GIF (AVIF is an output format only)"
+    )]
     UnsupportedFormat,
 
     #[error("the image is larger than the {limit}-byte input limit (NWS_MAX_INPUT_BYTES)")]

@@ -151,6 +151,7 @@ async fn requested_formats_and_boxes_are_honoured() {
         (ImageFormat::Png, &b"\x89PNG"[..]),
         (ImageFormat::Webp, &b"RIFF"[..]),
         (ImageFormat::Jpeg, &b"\xFF\xD8\xFF"[..]),
+        (ImageFormat::Avif, &b"\0\0\0\x18ftypavif"[..]),
     ] {
         let options = OptimizeOptions {
             format: format as i32,
@@ -160,9 +161,62 @@ async fn requested_formats_and_boxes_are_honoured() {
         };
         let (header, bytes) = optimize(&mut client, options, &input).await.unwrap();
         assert_eq!(header.format(), format);
-        assert!(bytes.starts_with(magic), "{format:?}");
+        assert!(
+            bytes.starts_with(magic),
+            "{format:?}: {:?}",
+            &bytes[..16.min(bytes.len())]
+        );
         assert_eq!((header.width, header.height), (640, 480));
-        assert_eq!(decoded_size(&bytes), (640, 480));
+        assert_eq!(header.media_type, nws_watermark::media::media_type(format));
+        if format != ImageFormat::Avif {
+            // (`image` has no AVIF decoder here.)
+            assert_eq!(decoded_size(&bytes), (640, 480));
+        }
+    }
+
+    // Lossy WebP follows the quality.
+    let webp_at = |quality| OptimizeOptions {
+        format: ImageFormat::Webp as i32,
+        quality,
+        ..Default::default()
+    };
+    let (_, low) = optimize(&mut client, webp_at(30), &input).await.unwrap();
+    let (_, high) = optimize(&mut client, webp_at(90), &input).await.unwrap();
+    assert!(
+        low.len() * 2 < high.len(),
+        "q30 {} bytes vs q90 {}",
+        low.len(),
+        high.len()
+    );
+}
+
+#[tokio::test]
+async fn an_unspecified_format_follows_the_callers_accept_values() {
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    let photo = test_image("picos_orient6.jpg");
+    let alpha = test_image("seeding_alpha_2000x1125.png");
+    let cases = [
+        (
+            &photo,
+            "image/avif,image/webp,image/apng,*/*;q=0.8",
+            ImageFormat::Avif,
+        ),
+        (&photo, "image/webp,*/*", ImageFormat::Webp),
+        (&photo, "image/avif;q=0,image/webp;q=0.9", ImageFormat::Webp),
+        (&photo, "*/*", ImageFormat::Jpeg),
+        (&alpha, "image/webp,*/*", ImageFormat::Webp),
+        (&alpha, "*/*", ImageFormat::Png),
+    ];
+    for (input, accept, expected) in cases {
+        let options = OptimizeOptions {
+            accept: vec![accept.to_owned()],
+            max_width: 320,
+            max_height: 320,
+            ..Default::default()
+        };
+        let (header, _) = optimize(&mut client, options, input).await.unwrap();
+        assert_eq!(header.format(), expected, "Accept: {accept}");
     }
 }
 

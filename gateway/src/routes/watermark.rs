@@ -44,10 +44,11 @@ pub async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let accept = FormOptions::new(&request);
     let processed = if is_form {
-        from_form(&state, request, limit).await?
+        from_form(&state, request, limit, accept).await?
     } else {
-        let mut options = FormOptions::default();
+        let mut options = accept;
         for (name, value) in form_pairs(query.as_deref().unwrap_or(""))? {
             options.set(&name, &value)?;
         }
@@ -65,12 +66,16 @@ pub async fn upload(
     Ok(image_response(processed))
 }
 
-async fn from_form(state: &AppState, request: Request, limit: u64) -> Result<Processed, ApiError> {
+async fn from_form(
+    state: &AppState,
+    request: Request,
+    limit: u64,
+    mut options: FormOptions,
+) -> Result<Processed, ApiError> {
     let form_error = move |e: MultipartError| multipart_error(e, limit);
     let mut form = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::BadRequest(format!("not a multipart form: {}", e.body_text())))?;
-    let mut options = FormOptions::default();
     let mut processed: Option<(Processed, FormOptions)> = None;
 
     while let Some(mut field) = form.next_field().await.map_err(form_error)? {
@@ -124,12 +129,24 @@ async fn from_form(state: &AppState, request: Request, limit: u64) -> Result<Pro
     Ok(redone)
 }
 
-/// The options an upload may carry, as parsed from text. Ranges are the
-/// optimizer's to check, so the rules live in one place.
+/// The options an upload may carry, as parsed from text, and the request's
+/// Accept values for `format=auto`. Ranges are the optimizer's to check, so
+/// the rules live in one place.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct FormOptions(OptimizeOptions);
+struct FormOptions(OptimizeOptions, Vec<String>);
 
 impl FormOptions {
+    fn new(request: &Request) -> Self {
+        let accept = request
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        Self(OptimizeOptions::default(), accept)
+    }
+
     const NAMES: [&'static str; 7] = [
         "wm_text",
         "wm_position",
@@ -145,7 +162,16 @@ impl FormOptions {
         match name {
             "wm_text" => options.watermark_text = value.to_owned(),
             "wm_position" => options.position = parse_position(value)? as i32,
-            "format" => options.format = parse_format(value)? as i32,
+            "format" => match parse_format(value)? {
+                Some(format) => {
+                    options.format = format as i32;
+                    options.accept.clear();
+                }
+                None => {
+                    options.format = ImageFormat::Unspecified as i32;
+                    options.accept = self.1.clone();
+                }
+            },
             "quality" => options.quality = parse_number(name, value)?,
             "progressive" => options.progressive = parse_flag(name, value)?,
             "max_width" => options.max_width = parse_number(name, value)?,
@@ -178,18 +204,21 @@ fn parse_position(value: &str) -> Result<Position, ApiError> {
     )
 }
 
-fn parse_format(value: &str) -> Result<ImageFormat, ApiError> {
-    Ok(match value.trim().to_ascii_lowercase().as_str() {
+/// `None` for `auto`: the optimizer chooses from the request's Accept.
+fn parse_format(value: &str) -> Result<Option<ImageFormat>, ApiError> {
+    Ok(Some(match value.trim().to_ascii_lowercase().as_str() {
         "" => ImageFormat::Unspecified,
+        "auto" => return Ok(None),
         "jpeg" | "jpg" | "image/jpeg" => ImageFormat::Jpeg,
         "png" | "image/png" => ImageFormat::Png,
         "webp" | "image/webp" => ImageFormat::Webp,
+        "avif" | "image/avif" => ImageFormat::Avif,
         _ => {
             return Err(ApiError::BadRequest(format!(
-                "format {value:?} is not one of jpeg, png, webp"
+                "format {value:?} is not one of auto, avif, webp, jpeg, png"
             )));
         }
-    })
+    }))
 }
 
 fn parse_number(name: &str, value: &str) -> Result<u32, ApiError> {

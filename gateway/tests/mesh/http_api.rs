@@ -345,3 +345,45 @@ async fn health_and_readiness() {
     let message = assert_json_error(upload, 503, "UNAVAILABLE").await;
     assert!(message.starts_with("storage"), "{message}");
 }
+
+#[tokio::test]
+async fn format_auto_follows_the_accept_header_and_bytes_decide_the_input_type() {
+    let mesh = Mesh::start();
+    let photo = test_image("tiny_16x16.jpg");
+    for (accept, media_type) in [
+        ("image/avif,image/webp,*/*;q=0.8", "image/avif"),
+        ("image/webp,*/*", "image/webp"),
+        ("*/*", "image/jpeg"),
+    ] {
+        let response = mesh
+            .http
+            .post(mesh.url("/v1/watermark?format=auto"))
+            .header("accept", accept)
+            .body(photo.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{accept}");
+        assert_eq!(response.headers()["content-type"], media_type, "{accept}");
+    }
+
+    // PNG bytes sent as `photo.jpg` with an image/jpeg type are a PNG.
+    let png = test_image("seeding_alpha_2000x1125.png");
+    let part = reqwest::multipart::Part::bytes(png)
+        .file_name("photo.jpg")
+        .mime_str("image/jpeg")
+        .unwrap();
+    let response = mesh
+        .http
+        .post(mesh.url("/v1/watermark"))
+        .multipart(reqwest::multipart::Form::new().part("image", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "image/png",
+        "transparency kept"
+    );
+}

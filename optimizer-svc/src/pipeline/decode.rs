@@ -170,7 +170,7 @@ fn open(bytes: &[u8]) -> Result<(Header, impl ImageDecoder + '_), OptimizeError>
         ImageFormat::Png => image::ImageFormat::Png,
         ImageFormat::Webp => image::ImageFormat::WebP,
         ImageFormat::Gif => image::ImageFormat::Gif,
-        ImageFormat::Unspecified => return Err(OptimizeError::UnsupportedFormat),
+        ImageFormat::Avif | ImageFormat::Unspecified => return Err(OptimizeError::UnsupportedFormat),
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), codec);
     // Our own checks run first with clearer messages; these stay as a

@@ -124,7 +124,7 @@ pub fn run(
 
     go_on("encode")?;
     let started = Instant::now();
-    let format = encode::resolve_format(options.format, &pixels);
+    let format = encode::resolve_format(options.format, &options.accept, &pixels);
     let bytes = encode::encode(&pixels, format, options.quality, options.progressive)
         .with_context(|| format!("encode {format:?}"))
         .map_err(OptimizeError::Internal)?;

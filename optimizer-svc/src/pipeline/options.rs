@@ -17,9 +17,10 @@ pub const MAX_BOX_SIDE: u32 = 8192;
 pub struct Options {
     pub text: String,
     pub position: Position,
-    /// `Unspecified` is resolved once the image is decoded (JPEG, or PNG
-    /// when it has transparency).
+    /// `Unspecified` is resolved once the image is decoded, from `accept`.
     pub format: ImageFormat,
+    /// The caller's HTTP Accept values, for an unspecified format.
+    pub accept: Vec<String>,
     pub quality: u8,
     /// Progressive JPEG (ignored by other formats).
     pub progressive: bool,
@@ -33,6 +34,7 @@ impl Default for Options {
             text: DEFAULT_TEXT.to_owned(),
             position: Position::BottomRight,
             format: ImageFormat::Unspecified,
+            accept: Vec::new(),
             quality: DEFAULT_QUALITY,
             progressive: false,
             max_width: DEFAULT_MAX_WIDTH,
@@ -96,6 +98,7 @@ impl TryFrom<OptimizeOptions> for Options {
             },
             position,
             format,
+            accept: wire.accept,
             quality,
             progressive: wire.progressive,
             max_width: side(wire.max_width, DEFAULT_MAX_WIDTH, "max_width")?,
