@@ -249,6 +249,24 @@ async fn bad_input_gets_invalid_argument_naming_the_problem() {
             jpeg.clone(),
             "quality 500",
         ),
+        (
+            "bad opacity",
+            OptimizeOptions {
+                opacity: 1.5,
+                ..Default::default()
+            },
+            jpeg.clone(),
+            "opacity 1.5",
+        ),
+        (
+            "unknown filter",
+            OptimizeOptions {
+                resize_filter: 9,
+                ..Default::default()
+            },
+            jpeg.clone(),
+            "resize_filter 9",
+        ),
     ];
     for (what, options, input, expected) in cases {
         let status = optimize(&mut client, options, &input).await.expect_err(what);
@@ -663,4 +681,180 @@ async fn a_call_whose_deadline_passes_is_dropped_before_it_runs() {
     let logs = process.logs();
     assert!(logs.contains("call cancelled"), "{logs}");
     assert_eq!(logs.matches("\"optimized\"").count(), 1, "{logs}");
+}
+
+/// A minimal ICC v2 RGB display profile: the given primaries (XYZ, D50),
+/// gamma 2.2 curves, D50 white.
+fn icc_profile(primaries: [[f64; 3]; 3]) -> Vec<u8> {
+    let s15 = |v: f64| ((v * 65536.0).round() as i32).to_be_bytes();
+    let xyz = |v: [f64; 3]| {
+        let mut tag = b"XYZ \0\0\0\0".to_vec();
+        for c in v {
+            tag.extend_from_slice(&s15(c));
+        }
+        tag
+    };
+    let curve = {
+        let mut tag = b"curv\0\0\0\0".to_vec();
+        tag.extend_from_slice(&1u32.to_be_bytes());
+        tag.extend_from_slice(&[0x02, 0x33, 0, 0]); // gamma 2.2 (u8Fixed8), padded
+        tag
+    };
+    let tags: Vec<(&[u8; 4], Vec<u8>)> = vec![
+        (b"rXYZ", xyz(primaries[0])),
+        (b"gXYZ", xyz(primaries[1])),
+        (b"bXYZ", xyz(primaries[2])),
+        (b"wtpt", xyz([0.9642, 1.0, 0.8249])),
+        (b"rTRC", curve.clone()),
+        (b"gTRC", curve.clone()),
+        (b"bTRC", curve),
+    ];
+    let mut data = Vec::new();
+    let mut table = (tags.len() as u32).to_be_bytes().to_vec();
+    let data_start = 128 + 4 + 12 * tags.len();
+    for (signature, tag) in &tags {
+        table.extend_from_slice(*signature);
+        table.extend_from_slice(&((data_start + data.len()) as u32).to_be_bytes());
+        table.extend_from_slice(&(tag.len() as u32).to_be_bytes());
+        data.extend_from_slice(tag);
+        while data.len() % 4 != 0 {
+            data.push(0);
+        }
+    }
+    let size = data_start + data.len();
+    let mut header = vec![0u8; 128];
+    header[0..4].copy_from_slice(&(size as u32).to_be_bytes());
+    header[8..12].copy_from_slice(&[2, 0x10, 0, 0]);
+    header[12..16].copy_from_slice(b"mntr");
+    header[16..20].copy_from_slice(b"RGB ");
+    header[20..24].copy_from_slice(b"XYZ ");
+    header[36..40].copy_from_slice(b"acsp");
+    for (i, c) in [0.9642, 1.0, 0.8249].into_iter().enumerate() {
+        header[68 + 4 * i..72 + 4 * i].copy_from_slice(&s15(c));
+    }
+    [header, table, data].concat()
+}
+
+/// Inserts `icc` as an APP2 ICC_PROFILE segment after the SOI marker.
+fn with_icc(jpeg: &[u8], icc: &[u8]) -> Vec<u8> {
+    let payload = [&b"ICC_PROFILE\0\x01\x01"[..], icc].concat();
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE2]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[tokio::test]
+async fn icc_tagged_images_are_converted_to_srgb() {
+    // sRGB's own primaries (D50), and the same with red and blue swapped:
+    // in the second, a "red" pixel means sRGB blue.
+    let red = [0.4361, 0.2225, 0.0139];
+    let green = [0.3851, 0.7169, 0.0971];
+    let blue = [0.1431, 0.0606, 0.7141];
+    let srgb_like = icc_profile([red, green, blue]);
+    let swapped = icc_profile([blue, green, red]);
+    let rgb: Vec<u8> = (0..400 * 300).flat_map(|_| [230u8, 20, 20]).collect();
+    let plain = jpeg_from_rgb(400, 300, &rgb);
+
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    let centre = |bytes: &[u8]| {
+        let image = image::load_from_memory(bytes).unwrap().to_rgb8();
+        mean_rgb(&image, 100, 75, 16)
+    };
+    let (_, untagged) = optimize(&mut client, OptimizeOptions::default(), &plain)
+        .await
+        .unwrap();
+    let (_, tagged_srgb) = optimize(
+        &mut client,
+        OptimizeOptions::default(),
+        &with_icc(&plain, &srgb_like),
+    )
+    .await
+    .unwrap();
+    let (_, tagged_swapped) = optimize(
+        &mut client,
+        OptimizeOptions::default(),
+        &with_icc(&plain, &swapped),
+    )
+    .await
+    .unwrap();
+    let (untagged, tagged_srgb, tagged_swapped) =
+        (centre(&untagged), centre(&tagged_srgb), centre(&tagged_swapped));
+    assert!(
+        close(untagged, tagged_srgb, 6.0),
+        "{untagged:?} vs {tagged_srgb:?}"
+    );
+    assert!(
+        tagged_swapped[2] > 180.0 && tagged_swapped[0] < 80.0,
+        "red in the swapped profile is sRGB blue: {tagged_swapped:?}"
+    );
+}
+
+#[tokio::test]
+async fn tiled_marks_faint_marks_and_the_fast_filter_are_honoured() {
+    let process = start(&[]);
+    let client = client(&process).await;
+    let input = test_image("kleiber_4000x3000.jpg");
+    let render = |options: OptimizeOptions| {
+        let mut client = client.clone();
+        let input = input.clone();
+        async move {
+            let (header, bytes) = optimize(&mut client, options, &input).await.unwrap();
+            assert_eq!((header.width, header.height), (1440, 1080));
+            image::load_from_memory(&bytes).unwrap().to_rgb8()
+        }
+    };
+    let single = render(OptimizeOptions::default()).await;
+    let tiled = render(OptimizeOptions {
+        tiled: true,
+        ..Default::default()
+    })
+    .await;
+    let faint = render(OptimizeOptions {
+        opacity: 0.1,
+        ..Default::default()
+    })
+    .await;
+    let fast = render(OptimizeOptions {
+        resize_filter: nws_watermark::pb::ResizeFilter::Fast as i32,
+        ..Default::default()
+    })
+    .await;
+    // The top-left quarter: untouched by a bottom-right mark, marked when tiled.
+    let differing = |a: &image::RgbImage, b: &image::RgbImage, x0: u32, y0: u32| {
+        (y0..y0 + 270)
+            .flat_map(|y| (x0..x0 + 360).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let (p, q) = (a.get_pixel(x, y).0, b.get_pixel(x, y).0);
+                (0..3).any(|c| p[c].abs_diff(q[c]) > 40)
+            })
+            .count()
+    };
+    assert!(differing(&single, &tiled, 0, 0) > 500, "tiles reach the top-left");
+    // Bottom-right, where the single mark is: a faint mark changes less.
+    let bottom_right = (1440 - 360, 1080 - 270);
+    let faint_vs_strong = differing(&single, &faint, bottom_right.0, bottom_right.1);
+    assert!(
+        faint_vs_strong > 100,
+        "the faint mark differs from the default one"
+    );
+    // Bilinear against Lanczos3: the same picture, a little softer.
+    let (mut total, mut count) = (0f64, 0f64);
+    for y in 0..540 {
+        for x in 0..1440 {
+            let (p, q) = (single.get_pixel(x, y).0, fast.get_pixel(x, y).0);
+            for c in 0..3 {
+                total += f64::from(p[c].abs_diff(q[c]));
+                count += 1.0;
+            }
+        }
+    }
+    assert!(
+        total / count < 6.0,
+        "bilinear stays close to Lanczos3: {}",
+        total / count
+    );
 }

@@ -4,7 +4,8 @@
 //! Two request shapes: `multipart/form-data` with the file in field `image`
 //! and the options as fields, or the raw image as the body with the options
 //! as query parameters. Options are `wm_text`, `wm_position`, `format`,
-//! `quality`, `progressive`, `max_width`, `max_height`.
+//! `quality`, `progressive`, `max_width`, `max_height`, `wm_opacity`,
+//! `wm_tiled`, `resize`.
 
 use axum::{
     body::Body,
@@ -14,7 +15,7 @@ use axum::{
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{LengthLimitError, Limited};
-use nws_watermark::pb::{ImageFormat, OptimizeOptions, Position};
+use nws_watermark::pb::{ImageFormat, OptimizeOptions, Position, ResizeFilter};
 
 use super::AppState;
 use crate::{
@@ -132,7 +133,7 @@ async fn from_form(
 /// The options an upload may carry, as parsed from text, and the request's
 /// Accept values for `format=auto`. Ranges are the optimizer's to check, so
 /// the rules live in one place.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct FormOptions(OptimizeOptions, Vec<String>);
 
 impl FormOptions {
@@ -147,9 +148,12 @@ impl FormOptions {
         Self(OptimizeOptions::default(), accept)
     }
 
-    const NAMES: [&'static str; 7] = [
+    const NAMES: [&'static str; 10] = [
         "wm_text",
         "wm_position",
+        "wm_opacity",
+        "wm_tiled",
+        "resize",
         "format",
         "quality",
         "progressive",
@@ -174,6 +178,27 @@ impl FormOptions {
             },
             "quality" => options.quality = parse_number(name, value)?,
             "progressive" => options.progressive = parse_flag(name, value)?,
+            "wm_tiled" => options.tiled = parse_flag(name, value)?,
+            "wm_opacity" => {
+                options.opacity = match value.trim() {
+                    "" => 0.0,
+                    text => text
+                        .parse()
+                        .map_err(|_| ApiError::BadRequest(format!("{name} {text:?} is not a number")))?,
+                }
+            }
+            "resize" => {
+                options.resize_filter = match value.trim().to_ascii_lowercase().as_str() {
+                    "" => ResizeFilter::Unspecified,
+                    "lanczos3" => ResizeFilter::Lanczos3,
+                    "fast" | "bilinear" => ResizeFilter::Fast,
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "resize {other:?} is not one of lanczos3, fast"
+                        )));
+                    }
+                } as i32
+            }
             "max_width" => options.max_width = parse_number(name, value)?,
             "max_height" => options.max_height = parse_number(name, value)?,
             _ => {} // not an option

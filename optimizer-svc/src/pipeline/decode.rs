@@ -5,10 +5,15 @@
 //! full scale that still covers the output size (shrink-on-load): the DCT
 //! does most of the downscaling for free, and the resampler only finishes
 //! the job. Everything else, and CMYK/YCCK JPEGs, go through `image`.
+//!
+//! An RGB image tagged with an ICC profile other than sRGB is converted to
+//! sRGB (moxcms) after decoding, so colours look the same in a browser once
+//! the output, which carries no profile, is shown as sRGB.
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageReader, Rgb, metadata::Orientation};
+use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
 use nws_watermark::{media, pb::ImageFormat};
 use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
@@ -63,8 +68,10 @@ pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Hea
             limit: limits.max_input_bytes,
         });
     }
-    let (header, decoder) = open(bytes)?;
+    let (header, mut decoder) = open(bytes)?;
     check_limits(&header, limits)?;
+    // A damaged profile is not worth refusing the photo for.
+    let icc = decoder.icc_profile().ok().flatten();
     if header.format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // JPEG decoders fill missing scans with grey and call it success.
         return Err(OptimizeError::Corrupt(
@@ -73,14 +80,58 @@ pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Hea
     }
     let (display_width, display_height) = header.display_size();
     let covering = fit_within(display_width, display_height, max_box.0, max_box.1);
-    if header.format == ImageFormat::Jpeg
-        && let Some(pixels) = decode_jpeg_scaled(bytes, &header, covering)?
-    {
-        return Ok((header, pixels));
+    let mut pixels = match header.format {
+        ImageFormat::Jpeg => decode_jpeg_scaled(bytes, &header, covering)?,
+        _ => None,
+    };
+    if pixels.is_none() {
+        let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+        image.apply_orientation(header.orientation);
+        pixels = Some(Pixels::from_image(image));
     }
-    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-    image.apply_orientation(header.orientation);
-    Ok((header, Pixels::from_image(image)))
+    let mut pixels = pixels.expect("decoded above");
+    if let Some(icc) = icc {
+        to_srgb(&mut pixels, &icc);
+    }
+    Ok((header, pixels))
+}
+
+/// Converts pixels tagged with an RGB profile to sRGB; profiles that are
+/// sRGB already, not RGB (grey, CMYK) or unreadable leave them as they are.
+fn to_srgb(pixels: &mut Pixels, icc: &[u8]) {
+    let Ok(source) = ColorProfile::new_from_slice(icc) else {
+        tracing::debug!("unreadable ICC profile ignored");
+        return;
+    };
+    let srgb = ColorProfile::new_srgb();
+    if source.color_space != DataColorSpace::Rgb || same_primaries(&source, &srgb) {
+        return;
+    }
+    let layout = if pixels.channels == 4 {
+        Layout::Rgba
+    } else {
+        Layout::Rgb
+    };
+    let converted = source
+        .create_transform_8bit(layout, &srgb, layout, TransformOptions::default())
+        .and_then(|transform| {
+            let mut out = vec![0u8; pixels.data.len()];
+            transform.transform(&pixels.data, &mut out).map(|()| out)
+        });
+    match converted {
+        Ok(out) => pixels.data = out,
+        Err(e) => tracing::debug!(error = %e, "ICC profile not applied"),
+    }
+}
+
+/// sRGB tags (most cameras and phones write one) need no work.
+fn same_primaries(a: &ColorProfile, b: &ColorProfile) -> bool {
+    let close = |p: &moxcms::Xyzd, q: &moxcms::Xyzd| {
+        (p.x - q.x).abs() < 2e-3 && (p.y - q.y).abs() < 2e-3 && (p.z - q.z).abs() < 2e-3
+    };
+    close(&a.red_colorant, &b.red_colorant)
+        && close(&a.green_colorant, &b.green_colorant)
+        && close(&a.blue_colorant, &b.blue_colorant)
 }
 
 /// The largest libjpeg-turbo downscale whose result still covers `covering`

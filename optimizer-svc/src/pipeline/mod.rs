@@ -112,14 +112,20 @@ pub fn run(
 
     go_on("resize")?;
     let started = Instant::now();
-    let mut pixels = resize::resize(pixels, width, height)
+    let mut pixels = resize::resize(pixels, width, height, options.resize_filter)
         .context("resize")
         .map_err(OptimizeError::Internal)?;
     timings.resize = started.elapsed();
 
     go_on("watermark")?;
     let started = Instant::now();
-    let ink = watermark::draw(&mut pixels, &options.text, options.position);
+    let mark = watermark::Mark {
+        text: &options.text,
+        position: options.position,
+        opacity: options.opacity,
+        tiled: options.tiled,
+    };
+    let ink = watermark::draw(&mut pixels, &mark);
     timings.watermark = started.elapsed();
 
     go_on("encode")?;

@@ -1,6 +1,8 @@
 //! Processing options, validated once from the wire form.
 
-use nws_watermark::pb::{ImageFormat, OptimizeOptions, Position};
+use nws_watermark::pb::{ImageFormat, OptimizeOptions, Position, ResizeFilter};
+
+use super::watermark::DEFAULT_OPACITY;
 
 use crate::OptimizeError;
 
@@ -13,10 +15,14 @@ pub const DEFAULT_MAX_HEIGHT: u32 = 1080;
 pub const MAX_BOX_SIDE: u32 = 8192;
 
 /// Options after validation: every value is in range and defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub text: String,
     pub position: Position,
+    /// Text opacity in (0, 1].
+    pub opacity: f32,
+    pub tiled: bool,
+    pub resize_filter: ResizeFilter,
     /// `Unspecified` is resolved once the image is decoded, from `accept`.
     pub format: ImageFormat,
     /// The caller's HTTP Accept values, for an unspecified format.
@@ -33,6 +39,9 @@ impl Default for Options {
         Self {
             text: DEFAULT_TEXT.to_owned(),
             position: Position::BottomRight,
+            opacity: DEFAULT_OPACITY,
+            tiled: false,
+            resize_filter: ResizeFilter::Lanczos3,
             format: ImageFormat::Unspecified,
             accept: Vec::new(),
             quality: DEFAULT_QUALITY,
@@ -62,6 +71,28 @@ impl TryFrom<OptimizeOptions> for Options {
             Ok(Position::Unspecified) => Position::BottomRight,
             Ok(position) => position,
             Err(_) => return Err(bad(format!("position {} is not a known Position", wire.position))),
+        };
+
+        let opacity = if wire.opacity == 0.0 {
+            DEFAULT_OPACITY
+        } else if wire.opacity > 0.0 && wire.opacity <= 1.0 {
+            wire.opacity
+        } else {
+            return Err(bad(format!(
+                "opacity {} is out of range: use more than 0 up to 1, or 0 for the default",
+                wire.opacity
+            )));
+        };
+
+        let resize_filter = match ResizeFilter::try_from(wire.resize_filter) {
+            Ok(ResizeFilter::Unspecified) => ResizeFilter::Lanczos3,
+            Ok(filter) => filter,
+            Err(_) => {
+                return Err(bad(format!(
+                    "resize_filter {} is not a known ResizeFilter",
+                    wire.resize_filter
+                )));
+            }
         };
 
         let format = match ImageFormat::try_from(wire.format) {
@@ -97,6 +128,9 @@ impl TryFrom<OptimizeOptions> for Options {
                 text.to_owned()
             },
             position,
+            opacity,
+            tiled: wire.tiled,
+            resize_filter,
             format,
             accept: wire.accept,
             quality,

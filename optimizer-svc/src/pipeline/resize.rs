@@ -1,6 +1,7 @@
 //! Fitting an image inside a box: aspect ratio kept, never enlarged.
 
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
+use nws_watermark::pb::ResizeFilter;
 
 use super::Pixels;
 
@@ -18,9 +19,10 @@ pub fn fit_within(width: u32, height: u32, max_width: u32, max_height: u32) -> (
     (scaled(width, max_width), scaled(height, max_height))
 }
 
-/// Resamples `pixels` to `width`×`height` with a Lanczos3 filter (SIMD);
-/// alpha is premultiplied during resampling so edges don't darken.
-pub fn resize(pixels: Pixels, width: u32, height: u32) -> anyhow::Result<Pixels> {
+/// Resamples `pixels` to `width`×`height` (SIMD): Lanczos3, or bilinear when
+/// speed matters more; alpha is premultiplied during resampling so edges
+/// don't darken.
+pub fn resize(pixels: Pixels, width: u32, height: u32, filter: ResizeFilter) -> anyhow::Result<Pixels> {
     if (pixels.width, pixels.height) == (width, height) {
         return Ok(pixels);
     }
@@ -34,7 +36,10 @@ pub fn resize(pixels: Pixels, width: u32, height: u32) -> anyhow::Result<Pixels>
     Resizer::new().resize(
         &source,
         &mut target,
-        &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
+        &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(match filter {
+            ResizeFilter::Fast => FilterType::Bilinear,
+            ResizeFilter::Lanczos3 | ResizeFilter::Unspecified => FilterType::Lanczos3,
+        })),
     )?;
     Ok(Pixels {
         width,

@@ -53,9 +53,25 @@ struct Mask {
     coverage: Vec<f32>,
 }
 
-/// Draws `text` onto `pixels` at `position` and returns the ink chosen.
-pub fn draw(pixels: &mut Pixels, text: &str, position: Position) -> Ink {
+/// What to draw and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark<'a> {
+    pub text: &'a str,
+    pub position: Position,
+    /// Opacity of the text, in (0, 1]; its shadow follows in proportion.
+    pub opacity: f32,
+    /// Repeat the text across the whole image instead of one placement.
+    pub tiled: bool,
+}
+
+/// Opacity of the text when the caller does not choose one.
+pub const DEFAULT_OPACITY: f32 = TEXT_OPACITY;
+
+/// Draws the mark onto `pixels` and returns the ink chosen (for a tiled
+/// mark, the ink of its first placement; each one chooses its own).
+pub fn draw(pixels: &mut Pixels, mark: &Mark) -> Ink {
     let font = font();
+    let text = mark.text;
     let (width, height) = (pixels.width as f32, pixels.height as f32);
     let margin_budget = |px: f32| width - 2.0 * margin(px);
 
@@ -71,28 +87,59 @@ pub fn draw(pixels: &mut Pixels, text: &str, position: Position) -> Ink {
     let m = margin(px) as i64;
     let (mask_w, mask_h) = (mask.width as i64, mask.height as i64);
     let (img_w, img_h) = (i64::from(pixels.width), i64::from(pixels.height));
-    let (left, right) = (m, img_w - m - mask_w - shadow_offset);
-    let (top, bottom) = (m, img_h - m - mask_h - shadow_offset);
-    let (x, y) = match position {
-        Position::TopLeft => (left, top),
-        Position::TopRight => (right, top),
-        Position::BottomLeft => (left, bottom),
-        Position::Center => ((img_w - mask_w) / 2, (img_h - mask_h) / 2),
-        Position::BottomRight | Position::Unspecified => (right, bottom),
+    let places = if mark.tiled {
+        tiles(img_w, img_h, mask_w, mask_h, m)
+    } else {
+        let (left, right) = (m, img_w - m - mask_w - shadow_offset);
+        let (top, bottom) = (m, img_h - m - mask_h - shadow_offset);
+        vec![match mark.position {
+            Position::TopLeft => (left, top),
+            Position::TopRight => (right, top),
+            Position::BottomLeft => (left, bottom),
+            Position::Center => ((img_w - mask_w) / 2, (img_h - mask_h) / 2),
+            Position::BottomRight | Position::Unspecified => (right, bottom),
+        }]
     };
 
-    let ink = choose_ink(pixels, x, y, mask_w + shadow_offset, mask_h + shadow_offset);
-    let (text_rgb, shadow_rgb) = ink.colours();
-    composite(
-        pixels,
-        &mask,
-        x + shadow_offset,
-        y + shadow_offset,
-        shadow_rgb,
-        SHADOW_OPACITY,
-    );
-    composite(pixels, &mask, x, y, text_rgb, TEXT_OPACITY);
-    ink
+    let text_opacity = mark.opacity.clamp(0.0, 1.0);
+    let shadow_opacity = SHADOW_OPACITY * (text_opacity / TEXT_OPACITY).min(1.0);
+    let mut first_ink = None;
+    for (x, y) in places {
+        let ink = choose_ink(pixels, x, y, mask_w + shadow_offset, mask_h + shadow_offset);
+        let (text_rgb, shadow_rgb) = ink.colours();
+        composite(
+            pixels,
+            &mask,
+            x + shadow_offset,
+            y + shadow_offset,
+            shadow_rgb,
+            shadow_opacity,
+        );
+        composite(pixels, &mask, x, y, text_rgb, text_opacity);
+        first_ink.get_or_insert(ink);
+    }
+    first_ink.unwrap_or(Ink::Light)
+}
+
+/// A brick pattern: rows three text-heights apart, each placement a text
+/// width plus two text-heights from the next, odd rows shifted by half a
+/// step; placements cut by the edges are kept, so the pattern reaches them.
+fn tiles(img_w: i64, img_h: i64, mask_w: i64, mask_h: i64, margin: i64) -> Vec<(i64, i64)> {
+    let step_x = (mask_w + 4 * margin).max(1);
+    let step_y = (3 * mask_h).max(1);
+    let mut places = Vec::new();
+    let mut row = 0;
+    let mut y = margin;
+    while y < img_h {
+        let mut x = margin - if row % 2 == 1 { step_x / 2 } else { 0 };
+        while x < img_w {
+            places.push((x, y));
+            x += step_x;
+        }
+        y += step_y;
+        row += 1;
+    }
+    places
 }
 
 fn margin(px: f32) -> f32 {
@@ -244,6 +291,15 @@ fn composite(pixels: &mut Pixels, mask: &Mask, x: i64, y: i64, rgb: [u8; 3], opa
 mod tests {
     use super::*;
 
+    fn mark(text: &str, position: Position) -> Mark<'_> {
+        Mark {
+            text,
+            position,
+            opacity: DEFAULT_OPACITY,
+            tiled: false,
+        }
+    }
+
     fn flat(width: u32, height: u32, value: u8) -> Pixels {
         Pixels {
             width,
@@ -256,9 +312,15 @@ mod tests {
     #[test]
     fn ink_contrasts_with_the_background() {
         let mut light = flat(800, 600, 230);
-        assert_eq!(draw(&mut light, "NWS © 2026", Position::BottomRight), Ink::Dark);
+        assert_eq!(
+            draw(&mut light, &mark("NWS © 2026", Position::BottomRight)),
+            Ink::Dark
+        );
         let mut dark = flat(800, 600, 20);
-        assert_eq!(draw(&mut dark, "NWS © 2026", Position::BottomRight), Ink::Light);
+        assert_eq!(
+            draw(&mut dark, &mark("NWS © 2026", Position::BottomRight)),
+            Ink::Light
+        );
     }
 
     #[test]
@@ -270,7 +332,7 @@ mod tests {
             (Position::BottomRight, false, false),
         ] {
             let mut image = flat(800, 600, 128);
-            draw(&mut image, "Watermark", position);
+            draw(&mut image, &mark("Watermark", position));
             let changed: Vec<(u32, u32)> = (0..600)
                 .flat_map(|y| (0..800).map(move |x| (x, y)))
                 .filter(|&(x, y)| image.data[((y * 800 + x) * 3) as usize] != 128)
@@ -288,8 +350,51 @@ mod tests {
     #[test]
     fn missing_glyphs_and_tiny_images_do_not_panic() {
         let mut tiny = flat(1, 1, 0);
-        draw(&mut tiny, "𓀀 ☃ ©", Position::Center);
+        draw(&mut tiny, &mark("𓀀 ☃ ©", Position::Center));
         let mut strip = flat(1920, 1, 255);
-        draw(&mut strip, "NWS Watermark", Position::BottomLeft);
+        draw(&mut strip, &mark("NWS Watermark", Position::BottomLeft));
+    }
+
+    #[test]
+    fn a_tiled_mark_covers_every_part_of_the_image() {
+        let mut image = flat(1200, 800, 40);
+        let tiled = Mark {
+            tiled: true,
+            ..mark("NWS", Position::BottomRight)
+        };
+        draw(&mut image, &tiled);
+        // Every 200×200 cell has text in it.
+        for cell_y in 0..4 {
+            for cell_x in 0..6 {
+                let touched = (cell_y * 200..(cell_y + 1) * 200).any(|y| {
+                    (cell_x * 200..(cell_x + 1) * 200).any(|x| {
+                        let offset = ((y * 1200 + x) * 3) as usize;
+                        image.data[offset] != 40
+                    })
+                });
+                assert!(touched, "cell ({cell_x}, {cell_y}) has no text");
+            }
+        }
+    }
+
+    #[test]
+    fn opacity_scales_the_ink() {
+        let mut faint = flat(400, 200, 0);
+        let mut strong = flat(400, 200, 0);
+        let faint_mark = Mark {
+            opacity: 0.2,
+            ..mark("NWS", Position::Center)
+        };
+        draw(&mut faint, &faint_mark);
+        draw(
+            &mut strong,
+            &Mark {
+                opacity: 1.0,
+                ..faint_mark
+            },
+        );
+        let brightest = |p: &Pixels| p.data.iter().copied().max().unwrap();
+        assert_eq!(brightest(&strong), 255);
+        assert!((40..=60).contains(&brightest(&faint)), "{}", brightest(&faint));
     }
 }
