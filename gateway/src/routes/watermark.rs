@@ -5,7 +5,7 @@
 //! and the options as fields, or the raw image as the body with the options
 //! as query parameters. Options are `wm_text`, `wm_position`, `format`,
 //! `quality`, `progressive`, `max_width`, `max_height`, `wm_opacity`,
-//! `wm_tiled`, `resize`.
+//! `wm_tiled`, `resize`, `keep_metadata`.
 
 use axum::{
     body::Body,
@@ -148,7 +148,8 @@ impl FormOptions {
         Self(OptimizeOptions::default(), accept)
     }
 
-    const NAMES: [&'static str; 10] = [
+    const NAMES: [&'static str; 11] = [
+        "keep_metadata",
         "wm_text",
         "wm_position",
         "wm_opacity",
@@ -179,6 +180,7 @@ impl FormOptions {
             "quality" => options.quality = parse_number(name, value)?,
             "progressive" => options.progressive = parse_flag(name, value)?,
             "wm_tiled" => options.tiled = parse_flag(name, value)?,
+            "keep_metadata" => options.keep_metadata = parse_flag(name, value)?,
             "wm_opacity" => {
                 options.opacity = match value.trim() {
                     "" => 0.0,

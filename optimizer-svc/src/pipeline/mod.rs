@@ -1,11 +1,13 @@
 //! The image pipeline: decode → fit the box → watermark → encode, timed per
 //! stage. Pure and synchronous: the service runs it on the worker pool.
 
-mod decode;
-mod encode;
+// The stages are public for the per-stage benchmarks (benches/stages.rs).
+pub mod decode;
+pub mod encode;
+mod metadata;
 mod options;
-mod resize;
-mod watermark;
+pub mod resize;
+pub mod watermark;
 
 use std::time::{Duration, Instant};
 
@@ -131,9 +133,16 @@ pub fn run(
     go_on("encode")?;
     let started = Instant::now();
     let format = encode::resolve_format(options.format, &options.accept, &pixels);
-    let bytes = encode::encode(&pixels, format, options.quality, options.progressive)
+    let mut bytes = encode::encode(&pixels, format, options.quality, options.progressive)
         .with_context(|| format!("encode {format:?}"))
         .map_err(OptimizeError::Internal)?;
+    if options.keep_metadata
+        && format == ImageFormat::Jpeg
+        && source.format == ImageFormat::Jpeg
+        && let Some(exif) = metadata::exif_for_output(input)
+    {
+        bytes = metadata::insert_exif(bytes, &exif);
+    }
     timings.encode = started.elapsed();
 
     Ok(Output {

@@ -30,6 +30,8 @@ pub struct Options {
     pub quality: u8,
     /// Progressive JPEG (ignored by other formats).
     pub progressive: bool,
+    /// Copy the source's EXIF (JPEG to JPEG only).
+    pub keep_metadata: bool,
     pub max_width: u32,
     pub max_height: u32,
 }
@@ -46,6 +48,7 @@ impl Default for Options {
             accept: Vec::new(),
             quality: DEFAULT_QUALITY,
             progressive: false,
+            keep_metadata: false,
             max_width: DEFAULT_MAX_WIDTH,
             max_height: DEFAULT_MAX_HEIGHT,
         }
@@ -135,6 +138,7 @@ impl TryFrom<OptimizeOptions> for Options {
             accept: wire.accept,
             quality,
             progressive: wire.progressive,
+            keep_metadata: wire.keep_metadata,
             max_width: side(wire.max_width, DEFAULT_MAX_WIDTH, "max_width")?,
             max_height: side(wire.max_height, DEFAULT_MAX_HEIGHT, "max_height")?,
         })

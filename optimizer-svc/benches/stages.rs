@@ -1,0 +1,81 @@
+//! Each pipeline stage alone, on the 12 MP anchor photo (and the whole
+//! pipeline), so a change to one stage shows in its own number:
+//! `cargo bench -p optimizer-svc --bench stages`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use nws_watermark::{
+    pb::{ImageFormat, Position, ResizeFilter},
+    testing::test_image,
+};
+use optimizer_svc::pipeline::{self, Limits, Options, decode, encode, fit_within, resize, watermark};
+use tokio_util::sync::CancellationToken;
+
+const LIMITS: Limits = Limits {
+    max_input_bytes: 25 << 20,
+    max_pixels: 50_000_000,
+    max_side: 40_000,
+};
+
+fn stages(c: &mut Criterion) {
+    let input = test_image("kleiber_4000x3000.jpg");
+    let (header, decoded) = decode::decode(&input, &LIMITS, (1920, 1080)).expect("decode");
+    let (w, h) = header.display_size();
+    let (width, height) = fit_within(w, h, 1920, 1080);
+    let resized = resize::resize(decoded.clone(), width, height, ResizeFilter::Lanczos3).expect("resize");
+    let mark = watermark::Mark {
+        text: "NWS Watermark",
+        position: Position::BottomRight,
+        opacity: watermark::DEFAULT_OPACITY,
+        tiled: false,
+    };
+
+    let mut group = c.benchmark_group("kleiber_4000x3000");
+    group.sample_size(20);
+    group.bench_function("decode (shrink-on-load to 2000x1500)", |b| {
+        b.iter(|| decode::decode(black_box(&input), &LIMITS, (1920, 1080)).unwrap())
+    });
+    group.bench_function("decode (full size)", |b| {
+        b.iter(|| decode::decode(black_box(&input), &LIMITS, (4000, 3000)).unwrap())
+    });
+    for (name, filter) in [("lanczos3", ResizeFilter::Lanczos3), ("fast", ResizeFilter::Fast)] {
+        group.bench_function(format!("resize {name} to 1440x1080"), |b| {
+            b.iter(|| resize::resize(decoded.clone(), width, height, filter).unwrap())
+        });
+    }
+    group.bench_function("watermark", |b| {
+        b.iter_batched_ref(
+            || resized.clone(),
+            |pixels| watermark::draw(pixels, &mark),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("watermark tiled", |b| {
+        let tiled = watermark::Mark { tiled: true, ..mark };
+        b.iter_batched_ref(
+            || resized.clone(),
+            |pixels| watermark::draw(pixels, &tiled),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    for format in [
+        ImageFormat::Jpeg,
+        ImageFormat::Webp,
+        ImageFormat::Png,
+        ImageFormat::Avif,
+    ] {
+        group.bench_function(format!("encode {format:?} q85"), |b| {
+            b.iter(|| encode::encode(black_box(&resized), format, 85, false).unwrap())
+        });
+    }
+    group.bench_function("whole pipeline (JPEG q85)", |b| {
+        let options = Options::default();
+        let cancel = CancellationToken::new();
+        b.iter(|| pipeline::run(black_box(&input), &options, &LIMITS, &cancel).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);
