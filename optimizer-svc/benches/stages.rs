@@ -41,7 +41,11 @@ fn stages(c: &mut Criterion) {
     });
     for (name, filter) in [("lanczos3", ResizeFilter::Lanczos3), ("fast", ResizeFilter::Fast)] {
         group.bench_function(format!("resize {name} to 1440x1080"), |b| {
-            b.iter(|| resize::resize(decoded.clone(), width, height, filter).unwrap())
+            b.iter_batched(
+                || decoded.clone(),
+                |pixels| resize::resize(pixels, width, height, filter).unwrap(),
+                criterion::BatchSize::LargeInput,
+            )
         });
     }
     group.bench_function("watermark", |b| {
