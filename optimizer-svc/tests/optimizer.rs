@@ -140,6 +140,19 @@ async fn output_is_byte_identical_for_the_same_input_and_options() {
     let (_, first) = optimize(&mut client, options.clone(), &input).await.unwrap();
     let (_, second) = optimize(&mut client, options, &input).await.unwrap();
     assert!(first == second, "outputs differ");
+
+    // Every encoder, not only JPEG's.
+    for format in [ImageFormat::Png, ImageFormat::Webp, ImageFormat::Avif] {
+        let options = OptimizeOptions {
+            format: format as i32,
+            max_width: 400,
+            max_height: 400,
+            ..Default::default()
+        };
+        let (_, first) = optimize(&mut client, options.clone(), &input).await.unwrap();
+        let (_, second) = optimize(&mut client, options, &input).await.unwrap();
+        assert!(first == second, "{format:?} outputs differ");
+    }
 }
 
 #[tokio::test]
@@ -672,8 +685,10 @@ async fn a_call_whose_deadline_passes_is_dropped_before_it_runs() {
 
     first.await.unwrap().expect("the first call completes");
     // The server dropped the late call: it was never optimized.
+    // (Logs arrive through a pipe: wait for both lines.)
     for _ in 0..100 {
-        if process.logs().contains("call cancelled") {
+        let logs = process.logs();
+        if logs.contains("call cancelled") && logs.contains("\"optimized\"") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -941,4 +956,52 @@ async fn metadata_is_stripped_unless_kept_and_then_made_safe() {
     .await
     .unwrap();
     assert!(!contains(&png, b"NWSCAM"));
+}
+
+#[tokio::test]
+async fn fuzz_regressions_are_refused_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            continue;
+        }
+        let input = std::fs::read(&path).unwrap();
+        match optimize(&mut client, OptimizeOptions::default(), &input).await {
+            Ok(_) => {}
+            Err(status) => assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{}: {status:?}",
+                path.display()
+            ),
+        }
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("webp-exif-chunk"))
+        {
+            // Caught by the chunk check, before the decoder could allocate.
+            let status = optimize(&mut client, OptimizeOptions::default(), &input)
+                .await
+                .expect_err("refused");
+            assert!(
+                status.message().contains("claims 4278190"),
+                "{}",
+                status.message()
+            );
+        }
+        replayed += 1;
+    }
+    assert!(replayed >= 1);
+    // The process is still there and still works.
+    optimize(
+        &mut client,
+        OptimizeOptions::default(),
+        &test_image("tiny_16x16.jpg"),
+    )
+    .await
+    .expect("still serving");
 }

@@ -161,7 +161,7 @@ fn decode_jpeg_scaled(
     decompressor.set_scaling_factor(factor).map_err(turbo_error)?;
     let scaled = jpeg.scaled(factor);
     let mut image = turbojpeg::Image {
-        pixels: vec![0u8; scaled.width * scaled.height * 3],
+        pixels: super::buffers::take(scaled.width * scaled.height * 3),
         width: scaled.width,
         pitch: scaled.width * 3,
         height: scaled.height,
@@ -216,6 +216,9 @@ fn open(bytes: &[u8]) -> Result<(Header, impl ImageDecoder + '_), OptimizeError>
         return Err(OptimizeError::Empty);
     }
     let format = media::sniff(bytes).ok_or(OptimizeError::UnsupportedFormat)?;
+    if format == ImageFormat::Webp {
+        check_webp_chunks(bytes)?;
+    }
     let codec = match format {
         ImageFormat::Jpeg => image::ImageFormat::Jpeg,
         ImageFormat::Png => image::ImageFormat::Png,
@@ -245,6 +248,26 @@ fn open(bytes: &[u8]) -> Result<(Header, impl ImageDecoder + '_), OptimizeError>
         },
         decoder,
     ))
+}
+
+/// Every RIFF chunk of a WebP must lie inside the data. The WebP decoder
+/// allocates a chunk's declared size before reading it (EXIF, ICC), so a
+/// few hundred bytes claiming a 4 GB chunk would otherwise cost 4 GB (found
+/// by fuzzing; kept in tests/fuzz-regressions).
+fn check_webp_chunks(bytes: &[u8]) -> Result<(), OptimizeError> {
+    let mut at = 12; // "RIFF", size, "WEBP"
+    while at + 8 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        let end = (at + 8).saturating_add(size);
+        if end > bytes.len() {
+            let name = String::from_utf8_lossy(&bytes[at..at + 4]).into_owned();
+            return Err(OptimizeError::Corrupt(format!(
+                "the WebP chunk {name:?} claims {size} bytes, past the end of the data (truncated or corrupt)"
+            )));
+        }
+        at = end + (size & 1); // chunks are padded to an even length
+    }
+    Ok(())
 }
 
 /// Whether an end-of-image marker follows the first start-of-scan. Inside

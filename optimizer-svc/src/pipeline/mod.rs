@@ -1,6 +1,7 @@
 //! The image pipeline: decode → fit the box → watermark → encode, timed per
 //! stage. Pure and synchronous: the service runs it on the worker pool.
 
+mod buffers;
 // The stages are public for the per-stage benchmarks (benches/stages.rs).
 pub mod decode;
 pub mod encode;
@@ -144,6 +145,8 @@ pub fn run(
         bytes = metadata::insert_exif(bytes, &exif);
     }
     timings.encode = started.elapsed();
+
+    buffers::give_back(pixels.data);
 
     Ok(Output {
         bytes,

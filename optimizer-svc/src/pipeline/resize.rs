@@ -32,7 +32,8 @@ pub fn resize(pixels: Pixels, width: u32, height: u32, filter: ResizeFilter) -> 
         PixelType::U8x3
     };
     let source = Image::from_vec_u8(pixels.width, pixels.height, pixels.data, pixel_type)?;
-    let mut target = Image::new(width, height, pixel_type);
+    let target_len = width as usize * height as usize * usize::from(pixels.channels);
+    let mut target = Image::from_vec_u8(width, height, super::buffers::take(target_len), pixel_type)?;
     Resizer::new().resize(
         &source,
         &mut target,
@@ -41,6 +42,7 @@ pub fn resize(pixels: Pixels, width: u32, height: u32, filter: ResizeFilter) -> 
             ResizeFilter::Lanczos3 | ResizeFilter::Unspecified => FilterType::Lanczos3,
         })),
     )?;
+    super::buffers::give_back(source.into_vec());
     Ok(Pixels {
         width,
         height,
