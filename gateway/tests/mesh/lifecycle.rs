@@ -177,31 +177,25 @@ async fn the_embedded_storage_uses_s3_when_configured() {
     assert!(original.bytes().await.unwrap() == photo);
 
     // Readiness follows the bucket: down while S3 is, back when it is.
-    let storage_status = || async {
-        let ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
-        let code = ready.status().as_u16();
-        let body: serde_json::Value = ready.json().await.unwrap();
-        (code, body["upstreams"]["storage"].to_string())
+    let mesh = &mesh;
+    let readiness_becomes = |wanted: u16| async move {
+        let mut seen = (0, String::new());
+        for _ in 0..100 {
+            let ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+            let code = ready.status().as_u16();
+            let body: serde_json::Value = ready.json().await.unwrap();
+            seen = (code, body["upstreams"]["storage"].to_string());
+            if code == wanted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
     };
     s3.stop();
-    let mut seen = storage_status().await;
-    for _ in 0..100 {
-        if seen.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen = storage_status().await;
-    }
-    assert_eq!(seen.0, 503, "{seen:?}");
-    assert!(seen.1.contains("NOT_SERVING"), "{seen:?}");
+    let down = readiness_becomes(503).await;
+    assert!(down.0 == 503 && down.1.contains("NOT_SERVING"), "{down:?}");
     s3.restart();
-    for _ in 0..100 {
-        if seen.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen = storage_status().await;
-    }
-    assert_eq!(seen.0, 200, "{seen:?}");
-    assert!(seen.1.contains("\"SERVING\""), "{seen:?}");
+    let up = readiness_becomes(200).await;
+    assert!(up.0 == 200 && up.1.contains("\"SERVING\""), "{up:?}");
 }
