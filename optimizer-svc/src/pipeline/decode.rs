@@ -54,7 +54,7 @@ impl Header {
 
 /// Reads the header only: format, dimensions and orientation.
 pub fn probe(bytes: &[u8]) -> Result<Header, OptimizeError> {
-    let (header, _decoder) = open(bytes)?;
+    let (header, _decoder) = open(bytes, image::Limits::default())?;
     Ok(header)
 }
 
@@ -68,7 +68,7 @@ pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Hea
             limit: limits.max_input_bytes,
         });
     }
-    let (header, mut decoder) = open(bytes)?;
+    let (header, mut decoder) = open(bytes, codec_limits(limits))?;
     check_limits(&header, limits)?;
     // A damaged profile is not worth refusing the photo for.
     let icc = decoder.icc_profile().ok().flatten();
@@ -211,7 +211,20 @@ fn check_limits(header: &Header, limits: &Limits) -> Result<(), OptimizeError> {
     Ok(())
 }
 
-fn open(bytes: &[u8]) -> Result<(Header, impl ImageDecoder + '_), OptimizeError> {
+/// What the codecs may allocate: a decoded image at the pixel limit in the
+/// widest sample layout (RGBA, 16 bits). Our own checks come first with
+/// clearer messages; this catches what a header does not tell, such as a
+/// GIF frame far larger than its canvas (found by fuzzing).
+fn codec_limits(limits: &Limits) -> image::Limits {
+    let mut codec = image::Limits::no_limits();
+    codec.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
+    codec
+}
+
+fn open(
+    bytes: &[u8],
+    codec_limits: image::Limits,
+) -> Result<(Header, impl ImageDecoder + '_), OptimizeError> {
     if bytes.is_empty() {
         return Err(OptimizeError::Empty);
     }
@@ -227,9 +240,7 @@ fn open(bytes: &[u8]) -> Result<(Header, impl ImageDecoder + '_), OptimizeError>
         ImageFormat::Avif | ImageFormat::Unspecified => return Err(OptimizeError::UnsupportedFormat),
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), codec);
-    // Our own checks run first with clearer messages; these stay as a
-    // backstop inside the codecs.
-    reader.no_limits();
+    reader.limits(codec_limits);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
