@@ -1015,3 +1015,33 @@ async fn fuzz_regressions_are_refused_cleanly() {
     .await
     .expect("still serving");
 }
+
+#[tokio::test]
+async fn gif_and_webp_inputs_are_read() {
+    let rgba = image::RgbaImage::from_fn(300, 200, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 90, 255])
+    });
+    let encode = |format| {
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgba8(rgba.clone())
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
+        bytes
+    };
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    for (format, source) in [
+        (image::ImageFormat::Gif, ImageFormat::Gif),
+        (image::ImageFormat::WebP, ImageFormat::Webp),
+    ] {
+        let (header, bytes) = optimize(&mut client, OptimizeOptions::default(), &encode(format))
+            .await
+            .unwrap_or_else(|s| panic!("{format:?}: {s:?}"));
+        assert_eq!(header.source_format(), source);
+        assert_eq!((header.width, header.height), (300, 200));
+        assert_eq!(header.format(), ImageFormat::Jpeg, "opaque, so JPEG");
+        let output = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        let centre = mean_rgb(&output, 60, 50, 8);
+        assert!(close(centre, [60.0, 50.0, 90.0], 14.0), "{format:?}: {centre:?}");
+    }
+}
