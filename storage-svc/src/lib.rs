@@ -61,9 +61,7 @@ async fn serve<B: Backend>(server: GrpcServer, backend: B, config: &StorageConfi
 }
 
 async fn check_within(backend: &impl Backend, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, backend.check()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("{:#}", anyhow::Error::from(e))),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-    }
+    service::bounded(timeout, "answer a health check", backend.check())
+        .await
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }

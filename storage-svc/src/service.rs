@@ -184,7 +184,7 @@ fn no_payload() -> StorageError {
 }
 
 /// Runs one backend operation under the deadline.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     timeout: Duration,
     action: &'static str,
     operation: impl Future<Output = Result<T, StorageError>>,
@@ -195,6 +195,11 @@ async fn bounded<T>(
             action,
             after: timeout,
         })?
+}
+
+/// The object a Get, Stat or Delete names.
+fn object_named(sha256: &str, namespace: i32) -> Result<(Namespace, ObjectKey), StorageError> {
+    Ok((Namespace::from_wire(namespace)?, ObjectKey::parse(sha256)?))
 }
 
 fn object_info(key: &ObjectKey, meta: ObjectMeta) -> ObjectInfo {
@@ -226,8 +231,7 @@ impl<B: Backend> Storage for StorageService<B> {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let request = request.into_inner();
-        let namespace = Namespace::from_wire(request.namespace)?;
-        let key = ObjectKey::parse(&request.sha256)?;
+        let (namespace, key) = object_named(&request.sha256, request.namespace)?;
         let (meta, body) = bounded(self.timeout, "open an object", self.backend.get(namespace, &key)).await?;
         let info = GetResponse {
             payload: Some(get_response::Payload::Info(object_info(&key, meta))),
@@ -260,8 +264,7 @@ impl<B: Backend> Storage for StorageService<B> {
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let request = request.into_inner();
-        let namespace = Namespace::from_wire(request.namespace)?;
-        let key = ObjectKey::parse(&request.sha256)?;
+        let (namespace, key) = object_named(&request.sha256, request.namespace)?;
         let meta = bounded(
             self.timeout,
             "describe an object",
@@ -275,8 +278,7 @@ impl<B: Backend> Storage for StorageService<B> {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let request = request.into_inner();
-        let namespace = Namespace::from_wire(request.namespace)?;
-        let key = ObjectKey::parse(&request.sha256)?;
+        let (namespace, key) = object_named(&request.sha256, request.namespace)?;
         let deleted = bounded(
             self.timeout,
             "delete an object",

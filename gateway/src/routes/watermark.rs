@@ -45,11 +45,10 @@ pub async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let accept = FormOptions::new(&request);
+    let mut options = FormOptions::for_request(&request);
     let processed = if is_form {
-        from_form(&state, request, limit, accept).await?
+        from_form(&state, request, limit, options).await?
     } else {
-        let mut options = accept;
         for (name, value) in form_pairs(query.as_deref().unwrap_or(""))? {
             options.set(&name, &value)?;
         }
@@ -134,18 +133,24 @@ async fn from_form(
 /// Accept values for `format=auto`. Ranges are the optimizer's to check, so
 /// the rules live in one place.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct FormOptions(OptimizeOptions, Vec<String>);
+struct FormOptions {
+    wire: OptimizeOptions,
+    request_accept: Vec<String>,
+}
 
 impl FormOptions {
-    fn new(request: &Request) -> Self {
-        let accept = request
+    fn for_request(request: &Request) -> Self {
+        let request_accept = request
             .headers()
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .map(str::to_owned)
             .collect();
-        Self(OptimizeOptions::default(), accept)
+        Self {
+            wire: OptimizeOptions::default(),
+            request_accept,
+        }
     }
 
     const NAMES: [&'static str; 11] = [
@@ -163,7 +168,7 @@ impl FormOptions {
     ];
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), ApiError> {
-        let options = &mut self.0;
+        let options = &mut self.wire;
         match name {
             "wm_text" => options.watermark_text = value.to_owned(),
             "wm_position" => options.position = parse_position(value)? as i32,
@@ -174,7 +179,7 @@ impl FormOptions {
                 }
                 None => {
                     options.format = ImageFormat::Unspecified as i32;
-                    options.accept = self.1.clone();
+                    options.accept = self.request_accept.clone();
                 }
             },
             "quality" => options.quality = parse_number(name, value)?,
@@ -209,7 +214,7 @@ impl FormOptions {
     }
 
     fn to_proto(&self) -> OptimizeOptions {
-        self.0.clone()
+        self.wire.clone()
     }
 }
 
@@ -349,9 +354,9 @@ mod tests {
         options.set("format", "JPG").unwrap();
         options.set("quality", " 70 ").unwrap();
         options.set("unrelated", "x").unwrap();
-        assert_eq!(options.0.position, Position::TopLeft as i32);
-        assert_eq!(options.0.format, ImageFormat::Jpeg as i32);
-        assert_eq!(options.0.quality, 70);
+        assert_eq!(options.wire.position, Position::TopLeft as i32);
+        assert_eq!(options.wire.format, ImageFormat::Jpeg as i32);
+        assert_eq!(options.wire.quality, 70);
         for (name, value, expected) in [
             ("wm_position", "middle", "wm_position \"middle\""),
             ("format", "bmp", "format \"bmp\""),

@@ -106,10 +106,6 @@ impl S3Store {
         })
     }
 
-    async fn exists(&self, path: &str) -> Result<bool, StorageError> {
-        exists(&self.bucket, path).await
-    }
-
     async fn head(&self, namespace: Namespace, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
         match self.bucket.head_object(object_path(namespace, key)).await {
             Ok((head, _)) => Ok(ObjectMeta {
@@ -124,7 +120,7 @@ impl S3Store {
                     .unwrap_or(SystemTime::UNIX_EPOCH),
                 media_type: head
                     .content_type
-                    .unwrap_or_else(|| media::sniff_media_type(&[]).to_owned()),
+                    .unwrap_or_else(|| media::OCTET_STREAM.to_owned()),
             }),
             Err(e) if is_not_found(&e) => Err(StorageError::NotFound(key.to_string())),
             Err(e) => Err(StorageError::backend("describe an object")(e)),
@@ -219,7 +215,7 @@ impl Backend for S3Store {
     async fn delete(&self, namespace: Namespace, key: &ObjectKey) -> Result<bool, StorageError> {
         let path = object_path(namespace, key);
         // S3 answers a DELETE the same way whether or not the object existed.
-        if !self.exists(&path).await? {
+        if !exists(&self.bucket, &path).await? {
             return Ok(false);
         }
         self.bucket
