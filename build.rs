@@ -3,8 +3,6 @@
 
 use std::{env, fs, io, path::PathBuf};
 
-use protox::prost::Message;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from("proto");
     let mut files = Vec::new();
@@ -15,15 +13,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|f| f.strip_prefix(&proto_root).map(PathBuf::from))
         .collect::<Result<_, _>>()?;
 
-    let descriptors = protox::compile(&relative, [&proto_root])?;
+    let mut compiler = protox::Compiler::new([&proto_root])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&relative)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // Encoded by protox itself: prost's descriptor types would drop the
+    // `google.api.http` options, which the gateway routes by.
     fs::write(
         out_dir.join("watermark_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
     tonic_prost_build::configure()
         .bytes(".")
-        .compile_fds(descriptors)?;
+        .compile_fds(compiler.file_descriptor_set())?;
 
     println!("cargo:rerun-if-changed=proto");
     for file in &files {

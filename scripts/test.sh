@@ -3,7 +3,7 @@
 #   formatting, lints, unit tests, and the integration tests that start the
 #   real binaries on 127.0.0.1:0 and talk to them with real clients (HTTP,
 #   tonic, grpcurl, a Python client generated from proto/, boto3) and real
-#   servers (s3s-fs, an S3-protocol server from crates.io).
+#   servers (s3s-fs, an S3-protocol server from crates.io; Redis).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,27 @@ if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
 fi
 cmake --version | head -1
 nasm -v
+
+step "Redis: the machine's on 127.0.0.1:6379, or a private one when none answers"
+if ! command -v redis-server >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server
+fi
+redis_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'PING\r\n' >&3 && read -r -t 2 reply <&3 && [[ "$reply" == +PONG* ]]) 2>/dev/null; }
+if redis_answers 6379; then
+  export NWS_TEST_REDIS_URL="redis://127.0.0.1:6379"
+else
+  REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >/dev/null &
+  REDIS_PID=$!
+  trap 'kill "$REDIS_PID" 2>/dev/null || true' EXIT
+  for _ in $(seq 50); do redis_answers "$REDIS_PORT" && break; sleep 0.1; done
+  redis_answers "$REDIS_PORT" || { echo "the private redis-server did not start" >&2; exit 1; }
+  export NWS_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+fi
+echo "NWS_TEST_REDIS_URL=$NWS_TEST_REDIS_URL ($(redis-server --version | cut -d' ' -f1-3))"
 
 step "test tools: grpcio-tools (Python client codegen), grpcurl and boto3 (from PyPI)"
 VENV="$TOOLS/venv"

@@ -140,14 +140,26 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         .ok_or_else(|| "not a positive size; use e.g. 25MiB".to_owned())
 }
 
+/// As [`parse_size`], where `0` means "none" (e.g. a cache turned off).
+pub fn parse_size_or_zero(value: &str) -> Result<u64, String> {
+    if value.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(value)
+    }
+}
+
 #[cfg(test)]
 mod size_tests {
-    use super::parse_size;
+    use super::{parse_size, parse_size_or_zero};
 
     #[test]
     fn sizes_parse_or_explain() {
         assert_eq!(parse_size("1024"), Ok(1024));
         assert_eq!(parse_size("25MiB"), Ok(25 << 20));
+        assert_eq!(parse_size_or_zero("0"), Ok(0));
+        assert_eq!(parse_size_or_zero("1KiB"), Ok(1024));
+        assert!(parse_size("0").is_err());
         assert_eq!(parse_size("2 GB"), Ok(2_000_000_000));
         assert!(parse_size("0").is_err());
         assert!(parse_size("big").is_err());

@@ -6,6 +6,7 @@ pub mod chunk;
 pub mod config;
 pub mod grpc;
 pub mod media;
+pub mod options;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -2,7 +2,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
 use http::Uri;
-use nws_watermark::config::{parse_duration, parse_size};
+use nws_watermark::config::{parse_duration, parse_size, parse_size_or_zero};
 
 /// Gateway settings; flags with `NWS_*` environment fallbacks.
 #[derive(Debug, Clone, Args)]
@@ -28,6 +28,51 @@ pub struct GatewayConfig {
     /// Deadline of each call to an upstream service (sent as `grpc-timeout`).
     #[arg(long, env = "NWS_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+
+    /// Memory for the in-process result cache (L1), e.g. `256MiB`; `0`
+    /// turns it off (identical requests in flight are still coalesced).
+    #[arg(long, env = "NWS_CACHE_MEMORY", default_value = "256MiB", value_parser = parse_size_or_zero)]
+    pub cache_memory: u64,
+
+    /// Redis for the shared result cache (L2), e.g. `redis://redis:6379/0`.
+    /// Unset: no L2; results still come from memory, storage or the optimizer.
+    #[arg(long, env = "NWS_REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+
+    /// How long Redis keeps a result (`EX`), e.g. `24h`.
+    #[arg(long, env = "NWS_CACHE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Deadline of each Redis call (connection included). Past it the call
+    /// counts as a miss, and Redis is skipped until a ping succeeds again.
+    #[arg(long, env = "NWS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Prefix of the gateway's Redis keys, to share one Redis between
+    /// deployments.
+    #[arg(long, env = "NWS_REDIS_PREFIX", default_value = "nws:result:")]
+    pub redis_prefix: String,
+
+    /// Requests handled at once; past it, new ones get 503 with Retry-After
+    /// straight away instead of queueing.
+    #[arg(long, env = "NWS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Time a client has to send a request's headers (HTTP/1.1).
+    #[arg(long, env = "NWS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest pause allowed between two pieces of a request body; a client
+    /// that stalls longer gets 408.
+    #[arg(long, env = "NWS_BODY_READ_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+}
+
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    match value.split_once("://") {
+        Some(("redis" | "rediss" | "redis+unix" | "unix", rest)) if !rest.is_empty() => Ok(value.to_owned()),
+        _ => Err("expected redis://host:port[/db]".to_owned()),
+    }
 }
 
 fn parse_upstream_url(value: &str) -> Result<Uri, String> {

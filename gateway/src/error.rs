@@ -15,6 +15,17 @@ pub enum Upstream {
     Storage,
 }
 
+impl Upstream {
+    /// The upstream that serves a gRPC service, by its full name.
+    pub fn serving(service: &str) -> Option<Self> {
+        match service {
+            "watermark.v1.Optimizer" => Some(Upstream::Optimizer),
+            "watermark.v1.Storage" => Some(Upstream::Storage),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -24,7 +35,7 @@ impl std::fmt::Display for Upstream {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{upstream}: {}", status.message())]
     Upstream {
@@ -43,6 +54,12 @@ pub enum ApiError {
 
     #[error("{upstream} broke the protocol: {what}")]
     Protocol { upstream: Upstream, what: &'static str },
+
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error("the request body stalled for longer than {0:?} (NWS_BODY_READ_TIMEOUT)")]
+    BodyTimeout(std::time::Duration),
 }
 
 impl ApiError {
@@ -57,6 +74,8 @@ impl ApiError {
             ApiError::UnsupportedMedia => (Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE),
             ApiError::PayloadTooLarge { .. } => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::Protocol { .. } => (Code::Internal, StatusCode::BAD_GATEWAY),
+            ApiError::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND),
+            ApiError::BodyTimeout(_) => (Code::DeadlineExceeded, StatusCode::REQUEST_TIMEOUT),
         }
     }
 }

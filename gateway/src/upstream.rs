@@ -41,6 +41,13 @@ impl Upstreams {
         }
     }
 
+    pub fn channel(&self, upstream: Upstream) -> Channel {
+        match upstream {
+            Upstream::Optimizer => self.optimizer.clone(),
+            Upstream::Storage => self.storage.clone(),
+        }
+    }
+
     pub fn optimizer(&self) -> OptimizerClient<Channel> {
         OptimizerClient::new(self.optimizer.clone())
     }

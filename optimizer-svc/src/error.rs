@@ -53,6 +53,12 @@ pub enum OptimizeError {
     Internal(#[source] anyhow::Error),
 }
 
+impl From<nws_watermark::options::BadOptions> for OptimizeError {
+    fn from(error: nws_watermark::options::BadOptions) -> Self {
+        Self::BadOptions(error.0)
+    }
+}
+
 impl From<OptimizeError> for Status {
     fn from(error: OptimizeError) -> Self {
         match &error {

@@ -222,6 +222,7 @@ impl Optimizer for OptimizerService {
             source_format: output.source.format as i32,
             source_width: display_width,
             source_height: display_height,
+            pipeline_version: nws_watermark::options::PIPELINE_VERSION.to_owned(),
         };
         let header = OptimizeResponse {
             payload: Some(optimize_response::Payload::Header(header)),

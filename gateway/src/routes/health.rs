@@ -9,25 +9,36 @@ pub async fn live() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: both upstreams answer their gRPC health checks.
+/// Readiness: both upstreams answer their gRPC health checks. Redis only
+/// makes results faster, so without it the gateway is `degraded` but still
+/// ready (200): taking it out of rotation would lose more than the cache.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let checks = state.upstreams.readiness().await;
     let ready = checks.iter().all(|(_, result)| result.is_ok());
     let upstreams: Map<String, Value> = checks
         .into_iter()
-        .map(|(upstream, result)| {
-            let value = match result {
-                Ok(()) => json!({ "status": "SERVING" }),
-                Err(reason) => json!({ "status": "UNAVAILABLE", "reason": reason }),
-            };
-            (upstream.to_string(), value)
-        })
+        .map(|(upstream, result)| (upstream.to_string(), status_json(result)))
         .collect();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let redis = state.cache.redis().map(|redis| redis.status());
+    let degraded = redis.as_ref().is_some_and(Result::is_err);
+    let cache = match redis {
+        Some(result) => json!({ "redis": status_json(result) }),
+        None => json!({ "redis": { "status": "DISABLED", "reason": "NWS_REDIS_URL is not set" } }),
     };
-    let body = json!({ "status": if ready { "ready" } else { "not ready" }, "upstreams": upstreams });
-    (status, Json(body))
+    let (status, word) = match (ready, degraded) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+        (true, true) => (StatusCode::OK, "degraded"),
+        (true, false) => (StatusCode::OK, "ready"),
+    };
+    (
+        status,
+        Json(json!({ "status": word, "upstreams": upstreams, "cache": cache })),
+    )
+}
+
+fn status_json(result: Result<(), String>) -> Value {
+    match result {
+        Ok(()) => json!({ "status": "SERVING" }),
+        Err(reason) => json!({ "status": "UNAVAILABLE", "reason": reason }),
+    }
 }

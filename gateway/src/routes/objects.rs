@@ -6,13 +6,15 @@ use axum::{
     extract::{Path, State},
     response::{IntoResponse, Response},
 };
-use futures_util::StreamExt as _;
 use http::header;
-use nws_watermark::pb::{GetRequest, GetResponse, Namespace, ObjectInfo, StatRequest, get_response};
+use nws_watermark::pb::{Namespace, ObjectInfo, StatRequest};
 use serde_json::json;
 
 use super::AppState;
-use crate::error::{ApiError, Upstream};
+use crate::{
+    error::{ApiError, Upstream},
+    transfer,
+};
 
 /// Streams a stored original. The key is the content's hash, so the
 /// response never changes: it is cacheable forever.
@@ -20,40 +22,7 @@ pub async fn original(
     State(state): State<AppState>,
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
-    let upstreams = &state.upstreams;
-    let mut object = upstreams
-        .storage()
-        .get(upstreams.request(GetRequest {
-            sha256,
-            namespace: Namespace::Originals.into(),
-        }))
-        .await
-        .map_err(ApiError::from_status(Upstream::Storage))?
-        .into_inner();
-    let info = match object
-        .message()
-        .await
-        .map_err(ApiError::from_status(Upstream::Storage))?
-    {
-        Some(GetResponse {
-            payload: Some(get_response::Payload::Info(info)),
-        }) => info,
-        _ => {
-            return Err(ApiError::Protocol {
-                upstream: Upstream::Storage,
-                what: "the object stream did not start with its info",
-            });
-        }
-    };
-    let body = object.filter_map(|message| async move {
-        match message {
-            Ok(GetResponse {
-                payload: Some(get_response::Payload::Chunk(chunk)),
-            }) => Some(Ok(chunk)),
-            Ok(_) => None,
-            Err(status) => Some(Err(ApiError::from_status(Upstream::Storage)(status))),
-        }
-    });
+    let (info, bytes) = transfer::open_object(&state.upstreams, Namespace::Originals, &sha256).await?;
     Ok((
         [
             (header::CONTENT_TYPE, info.media_type.clone()),
@@ -65,7 +34,7 @@ pub async fn original(
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
         ],
-        Body::from_stream(body),
+        Body::from_stream(bytes),
     )
         .into_response())
 }

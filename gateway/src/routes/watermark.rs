@@ -7,20 +7,44 @@
 //! `quality`, `progressive`, `max_width`, `max_height`, `wm_opacity`,
 //! `wm_tiled`, `resize`, `keep_metadata`.
 
+//! `POST /v1/watermark` (and the Go original's `POST /upload`): an image in,
+//! a watermarked image out.
+//!
+//! Two request shapes: `multipart/form-data` with the file in field `image`
+//! and the options as fields (in any order), or the raw image as the body
+//! with the options as query parameters. Options are `wm_text`,
+//! `wm_position`, `format` (`auto`, the default, picks AVIF, WebP or JPEG
+//! from Accept), `quality`, `progressive`, `max_width`, `max_height`,
+//! `wm_opacity`, `wm_tiled`, `resize`, `keep_metadata`.
+//!
+//! The original is stored first (Storage keys it by its SHA-256), then the
+//! result is looked up by its key in the cache tiers and computed only when
+//! none has it.
+
+use std::time::Instant;
+
 use axum::{
     body::Body,
     extract::{FromRequest, Multipart, RawQuery, Request, State, multipart::MultipartError},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use futures_util::TryStreamExt;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, header};
 use http_body_util::{LengthLimitError, Limited};
-use nws_watermark::pb::{ImageFormat, OptimizeOptions, Position, ResizeFilter};
+use nws_watermark::{
+    options::Options,
+    pb::{ImageFormat, OptimizeOptions, Position, PutResponse, ResizeFilter},
+};
 
-use super::AppState;
+use super::{
+    AppState,
+    images::{Negotiated, image_response},
+};
 use crate::{
+    cache::{CachedImage, Computed, ResultKey},
     error::ApiError,
-    upload::{self, Keep, Processed},
+    timing::ServerTiming,
+    transfer,
 };
 
 const IMAGE_FIELD: &str = "image";
@@ -32,6 +56,7 @@ pub async fn upload(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let mut timing = ServerTiming::start();
     let limit = state.max_upload_bytes;
     if declared_length(request.headers()).is_some_and(|length| length > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
@@ -45,56 +70,83 @@ pub async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let mut options = FormOptions::for_request(&request);
-    let processed = if is_form {
-        from_form(&state, request, limit, options).await?
+    let mut options = FormOptions::for_request(request.headers());
+    let reading = Instant::now();
+    let (original, options) = if is_form {
+        from_form(state.clone(), request, limit, options).await?
     } else {
         for (name, value) in form_pairs(query.as_deref().unwrap_or(""))? {
             options.set(&name, &value)?;
         }
+        // Bad options are refused before a byte of the body is read.
+        let options = options.validate()?;
+        let stall = state.body_read_timeout;
         let bytes = TryStreamExt::map_err(request.into_body().into_data_stream(), move |e| {
-            body_error(&e, limit)
+            body_error(&e, limit, stall)
         });
-        upload::process(
-            &state.upstreams,
-            options.to_proto(),
-            Box::pin(bytes),
-            Keep::Original,
-        )
-        .await?
+        let original = transfer::store_original(state.upstreams.clone(), Box::pin(bytes)).await?;
+        (original, options)
     };
-    Ok(image_response(processed))
+    timing.since("upload", "gateway: read and store the original", reading);
+
+    let key = ResultKey::derive(&original.sha256, &options);
+    let negotiated = if options.format_follows_accept() {
+        Negotiated::Yes
+    } else {
+        Negotiated::No
+    };
+    let upstreams = &state.upstreams;
+    let wire = options.negotiate().to_wire();
+    let compute = transfer::optimize_stored(upstreams.clone(), original.sha256.clone(), wire);
+    let compute = async move {
+        let (header, bytes) = compute.await?;
+        Ok(Computed {
+            image: CachedImage::new(bytes),
+            header,
+        })
+    };
+    let found = match state.cache.find(key, &mut timing, Some(compute)).await {
+        Ok(found) => found,
+        Err(error) => {
+            if transfer::is_bad_image(&error) {
+                transfer::forget_original(upstreams, &original).await;
+            }
+            return Err(error);
+        }
+    };
+    if let Some(stages) = found.header.as_ref().and_then(|h| h.timings.as_ref()) {
+        timing.add_stages(stages);
+    }
+    Ok(image_response(&found, &key, &timing, negotiated, Some(&original)))
 }
 
+/// Reads a form whose fields may come in any order: the image streams into
+/// Storage as it arrives; options before it are checked before it is
+/// stored, options after it once the form ends.
 async fn from_form(
-    state: &AppState,
+    state: AppState,
     request: Request,
     limit: u64,
     mut options: FormOptions,
-) -> Result<Processed, ApiError> {
-    let form_error = move |e: MultipartError| multipart_error(e, limit);
-    let mut form = Multipart::from_request(request, state)
+) -> Result<(PutResponse, Options), ApiError> {
+    let stall = state.body_read_timeout;
+    let form_error = move |e: MultipartError| multipart_error(e, limit, stall);
+    let mut form = Multipart::from_request(request, &state)
         .await
         .map_err(|e| ApiError::BadRequest(format!("not a multipart form: {}", e.body_text())))?;
-    let mut processed: Option<(Processed, FormOptions)> = None;
+    let mut original = None;
 
     while let Some(mut field) = form.next_field().await.map_err(form_error)? {
         let name = field.name().unwrap_or_default().to_owned();
         if name == IMAGE_FIELD {
-            if processed.is_some() {
+            if original.is_some() {
                 return Err(ApiError::BadRequest(
                     "the form has more than one `image` field".to_owned(),
                 ));
             }
+            options.validate()?;
             let bytes = field.map_err(form_error);
-            let done = upload::process(
-                &state.upstreams,
-                options.to_proto(),
-                Box::pin(bytes),
-                Keep::Original,
-            )
-            .await?;
-            processed = Some((done, options.clone()));
+            original = Some(transfer::store_original(state.upstreams.clone(), Box::pin(bytes)).await?);
         } else if FormOptions::NAMES.contains(&name.as_str()) {
             let mut value = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(form_error)? {
@@ -115,23 +167,14 @@ async fn from_form(
         }
     }
 
-    let (processed, options_used) =
-        processed.ok_or_else(|| ApiError::BadRequest("the form has no `image` field".to_owned()))?;
-    if options_used == options {
-        return Ok(processed);
-    }
-    // Options came after the file: the image streamed with the options known
-    // then. Run it again from the stored original with all of them.
-    let Processed { original, .. } = processed;
-    let original = original.expect("fresh uploads are stored");
-    let mut redone = upload::process_stored(&state.upstreams, &original.sha256, options.to_proto()).await?;
-    redone.original = Some(original);
-    Ok(redone)
+    let original =
+        original.ok_or_else(|| ApiError::BadRequest("the form has no `image` field".to_owned()))?;
+    Ok((original, options.validate()?))
 }
 
 /// The options an upload may carry, as parsed from text, and the request's
-/// Accept values for `format=auto`. Ranges are the optimizer's to check, so
-/// the rules live in one place.
+/// Accept values for `format=auto`. The rules on values are
+/// [`Options`]', shared with the optimizer.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct FormOptions {
     wire: OptimizeOptions,
@@ -139,18 +182,25 @@ struct FormOptions {
 }
 
 impl FormOptions {
-    fn for_request(request: &Request) -> Self {
-        let request_accept = request
-            .headers()
+    /// The defaults for a request: `format=auto`, so its Accept decides.
+    fn for_request(headers: &HeaderMap) -> Self {
+        let request_accept: Vec<String> = headers
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .map(str::to_owned)
             .collect();
         Self {
-            wire: OptimizeOptions::default(),
+            wire: OptimizeOptions {
+                accept: request_accept.clone(),
+                ..OptimizeOptions::default()
+            },
             request_accept,
         }
+    }
+
+    fn validate(&self) -> Result<Options, ApiError> {
+        Options::try_from(self.wire.clone()).map_err(|bad| ApiError::BadRequest(bad.0))
     }
 
     const NAMES: [&'static str; 11] = [
@@ -212,10 +262,6 @@ impl FormOptions {
         }
         Ok(())
     }
-
-    fn to_proto(&self) -> OptimizeOptions {
-        self.wire.clone()
-    }
 }
 
 fn parse_position(value: &str) -> Result<Position, ApiError> {
@@ -239,8 +285,7 @@ fn parse_position(value: &str) -> Result<Position, ApiError> {
 /// `None` for `auto`: the optimizer chooses from the request's Accept.
 fn parse_format(value: &str) -> Result<Option<ImageFormat>, ApiError> {
     Ok(Some(match value.trim().to_ascii_lowercase().as_str() {
-        "" => ImageFormat::Unspecified,
-        "auto" => return Ok(None),
+        "" | "auto" => return Ok(None),
         "jpeg" | "jpg" | "image/jpeg" => ImageFormat::Jpeg,
         "png" | "image/png" => ImageFormat::Png,
         "webp" | "image/webp" => ImageFormat::Webp,
@@ -287,60 +332,41 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-fn body_error(error: &axum::Error, limit: u64) -> ApiError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+fn body_error(error: &axum::Error, limit: u64, stall: std::time::Duration) -> ApiError {
+    match read_failure(error) {
+        Some(ReadFailure::TooLarge) => ApiError::PayloadTooLarge { limit },
+        Some(ReadFailure::Stalled) => ApiError::BodyTimeout(stall),
+        None => ApiError::BadRequest(format!("the upload broke off: {error}")),
+    }
+}
+
+fn multipart_error(error: MultipartError, limit: u64, stall: std::time::Duration) -> ApiError {
+    match read_failure(&error) {
+        Some(ReadFailure::Stalled) => ApiError::BodyTimeout(stall),
+        _ if error.status() == http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+        _ => ApiError::BadRequest(format!("malformed multipart form: {}", error.body_text())),
+    }
+}
+
+enum ReadFailure {
+    TooLarge,
+    Stalled,
+}
+
+/// Why reading the body failed, when a limit did it: found in the error's
+/// cause chain, where the body's layers put it.
+fn read_failure(error: &(dyn std::error::Error + 'static)) -> Option<ReadFailure> {
+    let mut cause = Some(error);
     while let Some(e) = cause {
         if e.is::<LengthLimitError>() {
-            return ApiError::PayloadTooLarge { limit };
+            return Some(ReadFailure::TooLarge);
+        }
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return Some(ReadFailure::Stalled);
         }
         cause = e.source();
     }
-    ApiError::BadRequest(format!("the upload broke off: {error}"))
-}
-
-fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
-    if error.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge { limit }
-    } else {
-        ApiError::BadRequest(format!("malformed multipart form: {}", error.body_text()))
-    }
-}
-
-fn image_response(processed: Processed) -> Response {
-    let Processed {
-        header,
-        original,
-        result,
-    } = processed;
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    };
-    put("content-type", header.media_type.clone());
-    put("content-length", header.size.to_string());
-    put("x-image-width", header.width.to_string());
-    put("x-image-height", header.height.to_string());
-    if let Some(timings) = &header.timings {
-        let ms = |micros: u64| micros as f64 / 1000.0;
-        put(
-            "server-timing",
-            format!(
-                "decode;dur={:.3}, resize;dur={:.3}, watermark;dur={:.3}, encode;dur={:.3}",
-                ms(timings.decode_micros),
-                ms(timings.resize_micros),
-                ms(timings.watermark_micros),
-                ms(timings.encode_micros)
-            ),
-        );
-    }
-    if let Some(original) = &original {
-        put("x-original-sha256", original.sha256.clone());
-        put("x-original-deduplicated", original.deduplicated.to_string());
-        put("link", format!("</image/{}>; rel=\"original\"", original.sha256));
-    }
-    (headers, Body::from_stream(upload::result_bytes(result))).into_response()
+    None
 }
 
 #[cfg(test)]

@@ -27,9 +27,20 @@ async fn an_upload_returns_a_watermarked_image_that_fits_1920x1080() {
     assert_eq!(headers["content-type"], "image/jpeg");
     assert_eq!(headers["x-original-sha256"], sha256_hex(&photo).as_str());
     let timing = headers["server-timing"].to_str().unwrap();
-    for stage in ["decode;dur=", "resize;dur=", "watermark;dur=", "encode;dur="] {
-        assert!(timing.contains(stage), "{timing}");
+    for stage in [
+        "upload;",
+        "l1;",
+        "store;",
+        "decode;",
+        "resize;",
+        "watermark;",
+        "encode;",
+        "total;",
+    ] {
+        let entry = timing.split(", ").find(|entry| entry.starts_with(stage));
+        assert!(entry.is_some_and(|e| e.contains(";dur=")), "{stage} in {timing}");
     }
+    assert_eq!(headers["x-cache"], "MISS");
     let body = response.bytes().await.unwrap();
     assert_eq!(headers["content-length"], body.len().to_string().as_str());
     let image = decode(&body);

@@ -1,9 +1,11 @@
 //! The gateway binary (the whole mesh by default, or pointed at separately
 //! started services), driven through the network by real clients.
 
+mod cache;
 mod clients;
 mod http_api;
 mod lifecycle;
+mod protocol;
 
 use std::path::{Path, PathBuf};
 

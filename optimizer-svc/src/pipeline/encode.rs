@@ -10,7 +10,7 @@ use image::{
         png::{CompressionType, FilterType, PngEncoder},
     },
 };
-use nws_watermark::pb::ImageFormat;
+use nws_watermark::{options::preferred_by_accept, pb::ImageFormat};
 use turbojpeg::{Compressor, PixelFormat, Subsamp};
 
 use super::Pixels;
@@ -27,37 +27,13 @@ pub fn resolve_format(requested: ImageFormat, accept: &[String], pixels: &Pixels
     if requested != ImageFormat::Unspecified {
         return requested;
     }
-    for (format, media_type) in [
-        (ImageFormat::Avif, "image/avif"),
-        (ImageFormat::Webp, "image/webp"),
-    ] {
-        if accepts(accept, media_type) {
-            return format;
-        }
-    }
-    if pixels.channels == 4 {
+    if let Some(format) = preferred_by_accept(accept) {
+        format
+    } else if pixels.channels == 4 {
         ImageFormat::Png
     } else {
         ImageFormat::Jpeg
     }
-}
-
-/// Whether Accept values name `media_type` with a non-zero q. Wildcards do
-/// not count: `*/*` is sent by clients that cannot show AVIF or WebP.
-fn accepts(accept: &[String], media_type: &str) -> bool {
-    accept
-        .iter()
-        .flat_map(|value| value.split(','))
-        .filter_map(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let name = parts.next()?;
-            let q = parts
-                .filter_map(|param| param.strip_prefix("q="))
-                .find_map(|q| q.parse::<f32>().ok())
-                .unwrap_or(1.0);
-            Some((name, q))
-        })
-        .any(|(name, q)| name.eq_ignore_ascii_case(media_type) && q > 0.0)
 }
 
 pub fn encode(

@@ -6,7 +6,6 @@ mod buffers;
 pub mod decode;
 pub mod encode;
 mod metadata;
-mod options;
 pub mod resize;
 pub mod watermark;
 
@@ -18,7 +17,7 @@ use nws_watermark::pb::ImageFormat;
 use tokio_util::sync::CancellationToken;
 
 pub use decode::{Header, Limits, probe};
-pub use options::Options;
+pub use nws_watermark::options::{self, Options};
 pub use resize::fit_within;
 pub use watermark::Ink;
 

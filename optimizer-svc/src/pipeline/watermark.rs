@@ -16,7 +16,7 @@ const RELATIVE_SIZE: f32 = 0.04;
 /// Below this the text stops being legible; small images get text at this
 /// size, clipped if it must be.
 const MIN_TEXT_PX: f32 = 12.0;
-const TEXT_OPACITY: f32 = 0.85;
+const TEXT_OPACITY: f32 = DEFAULT_OPACITY;
 const SHADOW_OPACITY: f32 = 0.55;
 /// Relative luminance above which a background counts as light (about
 /// mid-grey, L* = 50).
@@ -64,8 +64,7 @@ pub struct Mark<'a> {
     pub tiled: bool,
 }
 
-/// Opacity of the text when the caller does not choose one.
-pub const DEFAULT_OPACITY: f32 = TEXT_OPACITY;
+pub use nws_watermark::options::DEFAULT_OPACITY;
 
 /// Draws the mark onto `pixels` and returns the ink chosen (for a tiled
 /// mark, the ink of its first placement; each one chooses its own).

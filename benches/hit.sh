@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The cache-hit path against a static file server, in the same run: the
+# gateway's GET /v1/images/{key} (a ~100 KB JPEG result, served from L1)
+# and nginx (Debian) serving the same bytes as a file, both over keep-alive
+# on loopback, loaded by oha (crates.io).
+#   1. closed loop, 64 connections: requests/s, alternating 3 rounds each;
+#   2. open loop at a fixed rate (half the slower server's best), with
+#      oha's coordinated-omission correction: p50/p99/p99.9 latency.
+#   bash benches/hit.sh [seconds per run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CACHE="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+OHA="$CACHE/tools/oha/bin/oha"
+if [ ! -x "$OHA" ]; then
+  CARGO_TARGET_DIR="$CACHE/oha-build" cargo install oha@1.16.0 --locked --root "$CACHE/tools/oha" >&2
+fi
+command -v nginx >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >&2
+cargo build --release --locked -p gateway >&2
+
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/www" "$WORK/data"
+NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
+NWS_DATA_DIR="$WORK/data" NWS_LOG_FORMAT=json RUST_LOG=warn,gateway=info \
+  "$CARGO_TARGET_DIR/release/gateway" > "$WORK/mesh.log" 2>&1 &
+for _ in $(seq 100); do grep -q '"service":"gateway"' "$WORK/mesh.log" 2>/dev/null && break; sleep 0.1; done
+GATEWAY="http://$(grep -o '"service":"gateway","addr":"[^"]*"' "$WORK/mesh.log" | sed 's/.*"addr":"//; s/"$//')"
+
+# A result of about 100 KB: the 12 MP photo fitted to 1000×750.
+PHOTO="${NWS_TEST_IMAGES:-../shared/testdata/images}/kleiber_4000x3000.jpg"
+LOCATION="$(curl -sS -o "$WORK/www/result.jpg" -D - --data-binary "@$PHOTO" \
+  "$GATEWAY/v1/watermark?format=jpeg&max_width=1000&max_height=750&quality=80" \
+  | tr -d '\r' | sed -n 's/^content-location: //Ip')"
+SIZE="$(stat -c %s "$WORK/www/result.jpg")"
+curl -sS -o /dev/null -D - "$GATEWAY$LOCATION" | tr -d '\r' | grep -qi '^x-cache: HIT-L1' \
+  || { echo "the result is not served from L1" >&2; exit 1; }
+
+NGINX_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+cat > "$WORK/nginx.conf" <<CONF
+user root;
+worker_processes auto;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  types { image/jpeg jpg; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $WORK/www;
+    location / { add_header Cache-Control "public, max-age=31536000, immutable"; }
+  }
+}
+CONF
+nginx -c "$WORK/nginx.conf" &
+for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/result.jpg" && break; sleep 0.1; done
+NGINX="http://127.0.0.1:$NGINX_PORT/result.jpg"
+cmp <(curl -sS "$NGINX") <(curl -sS "$GATEWAY$LOCATION") || { echo "different bytes" >&2; exit 1; }
+
+run() { # name url [extra oha flags]
+  local name="$1" url="$2"; shift 2
+  "$OHA" --no-tui --output-format json -z "${DURATION}s" -c 64 "$@" "$url" > "$WORK/$name.json"
+  python3 - "$WORK/$name.json" "$name" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+summary, pct = report["summary"], report["latencyPercentiles"]
+codes = report.get("statusCodeDistribution", {})
+print(sys.argv[2], f'{summary["requestsPerSec"]:.0f}', f'{pct["p50"]*1000:.3f}', f'{pct["p99"]*1000:.3f}',
+      f'{pct["p99.9"]*1000:.3f}', json.dumps(codes).replace(" ", ""))
+PY
+}
+
+echo "result: $SIZE bytes at $LOCATION" >&2
+: > "$WORK/closed.txt"
+for ROUND in 1 2 3; do
+  run "gateway-$ROUND" "$GATEWAY$LOCATION" >> "$WORK/closed.txt"
+  run "nginx-$ROUND" "$NGINX" >> "$WORK/closed.txt"
+done
+RATE="$(python3 - "$WORK/closed.txt" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+best = min(statistics.median(float(r[1]) for r in rows if r[0].startswith(s)) for s in ("gateway", "nginx"))
+print(int(best / 2))
+PY
+)"
+: > "$WORK/open.txt"
+run gateway-open "$GATEWAY$LOCATION" -q "$RATE" --latency-correction >> "$WORK/open.txt"
+run nginx-open "$NGINX" -q "$RATE" --latency-correction >> "$WORK/open.txt"
+
+python3 - "$WORK/closed.txt" "$WORK/open.txt" "$SIZE" "$RATE" "$DURATION" <<'PY'
+import statistics, sys
+closed = [line.split() for line in open(sys.argv[1])]
+opened = {line.split()[0]: line.split() for line in open(sys.argv[2])}
+size, rate, duration = sys.argv[3], sys.argv[4], sys.argv[5]
+def median(server, column):
+    return statistics.median(float(r[column]) for r in closed if r[0].startswith(server + "-"))
+print(f"Result: {int(size)/1024:.1f} KiB JPEG; oha, 64 connections, {duration} s per run.\n")
+print("| server | req/s (median of 3, closed loop) | runs | p50 ms | p99 ms |")
+print("|---|---:|---|---:|---:|")
+for server in ("gateway", "nginx"):
+    runs = " / ".join(r[1] for r in closed if r[0].startswith(server + "-"))
+    print(f"| {server} | {median(server, 1):.0f} | {runs} | {median(server, 2):.2f} | {median(server, 3):.2f} |")
+print(f"\n**gateway / nginx: {median('gateway', 1) / median('nginx', 1):.2f}×** requests/s\n")
+print(f"Open loop at {rate} req/s (latency corrected for coordinated omission):\n")
+print("| server | p50 ms | p99 ms | p99.9 ms | status codes |")
+print("|---|---:|---:|---:|---|")
+for server in ("gateway", "nginx"):
+    r = opened[server + "-open"]
+    print(f"| {server} | {float(r[2]):.2f} | {float(r[3]):.2f} | {float(r[4]):.2f} | {r[5]} |")
+PY

@@ -1,0 +1,170 @@
+//! L2: results shared by every gateway, in Redis.
+//!
+//! Redis only ever makes a request faster, so it must never make one
+//! slower by much or fail it: every call has a short deadline, a failure
+//! counts as a miss, and after one the tier is skipped outright until a
+//! background ping succeeds again. Redis coming back is picked up by that
+//! ping, without a restart.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts, redis};
+use tokio_util::sync::CancellationToken;
+
+use super::ResultKey;
+
+/// How often Redis' health is checked, and so how soon its return is
+/// noticed.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Connections kept open to Redis; commands are pipelined on them, so a
+/// few carry a whole gateway's traffic.
+const POOL_SIZE: usize = 16;
+
+#[derive(Clone)]
+pub struct RedisTier {
+    pool: Pool,
+    timeout: Duration,
+    prefix: String,
+    ttl_seconds: u64,
+    health: Arc<Health>,
+}
+
+struct Health {
+    up: AtomicBool,
+    /// Why Redis is being skipped, when it is.
+    reason: Mutex<String>,
+}
+
+impl RedisTier {
+    /// Prepares the pool; no connection is made until first use, so the
+    /// gateway starts (degraded) while Redis is down.
+    pub fn new(url: &str, timeout: Duration, prefix: String, ttl: Duration) -> anyhow::Result<Self> {
+        let mut config = Config::from_url(url);
+        config.pool = Some(PoolConfig {
+            max_size: POOL_SIZE,
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .with_context(|| format!("gateway: NWS_REDIS_URL {url:?} is not usable"))?;
+        Ok(Self {
+            pool,
+            timeout,
+            prefix,
+            ttl_seconds: ttl.as_secs().max(1),
+            health: Arc::new(Health {
+                up: AtomicBool::new(true),
+                reason: Mutex::new(String::new()),
+            }),
+        })
+    }
+
+    /// The cached bytes for `key`; `None` on a miss, and also when Redis
+    /// is down or slow.
+    pub async fn get(&self, key: &ResultKey) -> Option<Bytes> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut command = redis::cmd("GET");
+        command.arg(self.redis_key(key));
+        match self.run::<Option<Vec<u8>>>(&command).await {
+            Ok(value) => value.map(Bytes::from),
+            Err(reason) => {
+                self.mark_down(&reason);
+                None
+            }
+        }
+    }
+
+    /// Stores `bytes` under `key` with the configured TTL; best effort.
+    pub async fn set(&self, key: &ResultKey, bytes: &[u8]) {
+        if !self.is_up() {
+            return;
+        }
+        let mut command = redis::cmd("SET");
+        command
+            .arg(self.redis_key(key))
+            .arg(bytes)
+            .arg("EX")
+            .arg(self.ttl_seconds);
+        if let Err(reason) = self.run::<()>(&command).await {
+            self.mark_down(&reason);
+        }
+    }
+
+    /// `Ok` while Redis answers, or why it is being skipped.
+    pub fn status(&self) -> Result<(), String> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(self.health.reason.lock().expect("never poisoned").clone())
+        }
+    }
+
+    /// Pings Redis every [`PING_INTERVAL`] until `stop`, marking it up or
+    /// down; the first ping is immediate.
+    pub async fn watch(self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(PING_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.run::<String>(&redis::cmd("PING")).await {
+                Ok(_) => self.mark_up(),
+                Err(reason) => self.mark_down(&reason),
+            }
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.health.up.load(Ordering::Relaxed)
+    }
+
+    fn mark_up(&self) {
+        if !self.health.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis answers again: the L2 cache is back in use");
+        }
+    }
+
+    fn mark_down(&self, reason: &str) {
+        *self.health.reason.lock().expect("never poisoned") = reason.to_owned();
+        if self.health.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(%reason, "redis failed: serving without the L2 cache until it answers a ping");
+        }
+    }
+
+    fn redis_key(&self, key: &ResultKey) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Runs one command under the deadline, connection included.
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, String> {
+        let attempt = async {
+            let mut connection = self.pool.get().await.map_err(|e| format!("connection: {e}"))?;
+            command
+                .query_async::<T>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?} (NWS_REDIS_TIMEOUT)", self.timeout)),
+        }
+    }
+}

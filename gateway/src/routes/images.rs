@@ -1,0 +1,148 @@
+//! `GET /v1/images/{key}`: a result by its key, with the headers of an
+//! immutable resource, and the response every image route shares.
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    response::{IntoResponse, Response},
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use nws_watermark::pb::PutResponse;
+
+use super::AppState;
+use crate::{
+    cache::{Found, ResultKey},
+    error::ApiError,
+    timing::ServerTiming,
+};
+
+/// A key names one rendering of one original for good: caches anywhere
+/// may keep it for a year without asking again.
+const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = ResultKey::parse(&key).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{key:?} is not a result key (64 lowercase hex characters)"
+        ))
+    })?;
+    let etag = etag(&key);
+    if if_none_match(&headers, &etag) {
+        // The representation behind a key never changes, so the client's
+        // copy is current without looking anything up.
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, etag);
+        response.headers_mut().insert(header::CACHE_CONTROL, IMMUTABLE);
+        return Ok(response);
+    }
+    let mut timing = ServerTiming::start();
+    let found = state
+        .cache
+        .find(key, &mut timing, None::<std::future::Ready<_>>)
+        .await?;
+    Ok(image_response(&found, &key, &timing, Negotiated::No, None))
+}
+
+/// Whether the response's format was chosen from the request's Accept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Negotiated {
+    Yes,
+    No,
+}
+
+/// The response for a result: the bytes, with what a browser, a CDN and a
+/// person debugging need to know about them.
+pub fn image_response(
+    found: &Found,
+    key: &ResultKey,
+    timing: &ServerTiming,
+    negotiated: Negotiated,
+    original: Option<&PutResponse>,
+) -> Response {
+    let url = format!("/v1/images/{key}");
+    let mut headers = HeaderMap::with_capacity(14);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(found.image.media_type),
+    );
+    headers.insert(header::ETAG, etag(key));
+    headers.insert(header::CACHE_CONTROL, IMMUTABLE);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-cache", HeaderValue::from_static(found.source.header_value()));
+    headers.insert("server-timing", timing.header_value());
+    if negotiated == Negotiated::Yes {
+        headers.insert(header::VARY, HeaderValue::from_static("accept"));
+    }
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    };
+    put("content-location", url.clone());
+    if let Some(header) = &found.header {
+        put("x-image-width", header.width.to_string());
+        put("x-image-height", header.height.to_string());
+    }
+    match original {
+        Some(original) => {
+            put("x-original-sha256", original.sha256.clone());
+            put("x-original-deduplicated", original.deduplicated.to_string());
+            put(
+                "link",
+                format!(
+                    "<{url}>; rel=\"canonical\", </image/{}>; rel=\"original\"",
+                    original.sha256
+                ),
+            );
+        }
+        None => put("link", format!("<{url}>; rel=\"canonical\"")),
+    }
+    // The bytes are shared with the cache: no copy.
+    (headers, Body::from(found.image.bytes.clone())).into_response()
+}
+
+fn etag(key: &ResultKey) -> HeaderValue {
+    HeaderValue::try_from(format!("\"{key}\"")).expect("hex is a valid header value")
+}
+
+/// `If-None-Match` as RFC 9110 reads it for GET: weak comparison, a list,
+/// or `*`.
+fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let ours = etag.as_bytes();
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_compares_weakly_and_reads_lists() {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(value));
+            if_none_match(&headers, &etag)
+        };
+        assert!(with("\"abc\""));
+        assert!(with("W/\"abc\""));
+        assert!(with("\"x\", \"abc\""));
+        assert!(with("*"));
+        assert!(!with("\"abd\""));
+        assert!(!with("abc"));
+        assert!(!if_none_match(&HeaderMap::new(), &etag));
+    }
+}

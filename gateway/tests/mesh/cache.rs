@@ -1,0 +1,405 @@
+//! The result cache tiers, coalescing, and HTTP caching, against real
+//! Redis servers: the shared one (NWS_TEST_REDIS_URL, which the test
+//! command provides) with a key prefix per test, and private ones that a
+//! test may stop and restart.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use nws_watermark::testing::test_image;
+
+use crate::{Mesh, assert_json_error};
+
+const TINY: &str = "tiny_16x16.jpg";
+
+fn shared_redis_url() -> String {
+    std::env::var("NWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other test or run shares.
+fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("nws-test:{}:{nanos}:", std::process::id())
+}
+
+/// Sends one command to Redis in RESP and returns the raw reply.
+fn redis_command(url: &str, args: &[&str]) -> String {
+    let address = url.trim_start_matches("redis://").split('/').next().unwrap();
+    let mut stream = TcpStream::connect(address).expect("redis answers");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(command.as_bytes()).unwrap();
+    let mut reply = [0u8; 512];
+    let read = stream.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..read]).into_owned()
+}
+
+struct Upload {
+    status: u16,
+    cache: String,
+    etag: String,
+    location: String,
+    vary: Option<String>,
+    content_type: String,
+    timing: String,
+    body: Vec<u8>,
+}
+
+async fn upload(mesh: &Mesh, image: &[u8], query: &str, accept: Option<&str>) -> Upload {
+    let mut request = mesh
+        .http
+        .post(mesh.url(&format!("/v1/watermark?{query}")))
+        .body(image.to_vec());
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.expect("upload");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    Upload {
+        status: response.status().as_u16(),
+        cache: header("x-cache").unwrap_or_default(),
+        etag: header("etag").unwrap_or_default(),
+        location: header("content-location").unwrap_or_default(),
+        vary: header("vary"),
+        content_type: header("content-type").unwrap_or_default(),
+        timing: header("server-timing").unwrap_or_default(),
+        body: response.bytes().await.unwrap().to_vec(),
+    }
+}
+
+/// Repeats `attempt` until it returns the `X-Cache` wanted (a background
+/// fill may land a moment after the response that caused it).
+async fn until_cache(wanted: &str, mut attempt: impl AsyncFnMut() -> Upload) -> Upload {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = attempt().await;
+        if got.cache == wanted || Instant::now() > deadline {
+            assert_eq!(got.cache, wanted, "timing: {}", got.timing);
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_tier_misses_then_hits_and_fills_the_tiers_above_it() {
+    let prefix = unique_prefix();
+    let redis = shared_redis_url();
+    // No L1, so repeats reach Redis and Storage.
+    let mesh = Mesh::start_with(&[
+        ("NWS_REDIS_URL", &redis),
+        ("NWS_REDIS_PREFIX", &prefix),
+        ("NWS_CACHE_MEMORY", "0"),
+    ]);
+    let photo = test_image(TINY);
+    let first = upload(&mesh, &photo, "format=jpeg", None).await;
+    assert_eq!((first.status, first.cache.as_str()), (200, "MISS"));
+    assert!(
+        first.timing.contains("decode;") && first.timing.contains("store;"),
+        "{}",
+        first.timing
+    );
+    let key = first.etag.trim_matches('"').to_owned();
+    assert_eq!(key.len(), 64);
+    assert_eq!(first.location, format!("/v1/images/{key}"));
+
+    let from_redis = until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+    assert_eq!(from_redis.body, first.body);
+    assert_eq!(from_redis.etag, first.etag);
+    assert!(!from_redis.timing.contains("decode;"), "{}", from_redis.timing);
+    // Values are the raw image bytes, with the configured TTL.
+    let redis_key = format!("{prefix}{key}");
+    assert!(redis_command(&redis, &["STRLEN", &redis_key]).starts_with(&format!(":{}", first.body.len())));
+    let ttl: i64 = redis_command(&redis, &["TTL", &redis_key])[1..]
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "TTL {ttl}");
+
+    // Gone from Redis: Storage has it, and Redis is filled again.
+    redis_command(&redis, &["DEL", &redis_key]);
+    let from_store = upload(&mesh, &photo, "format=jpeg", None).await;
+    assert_eq!(from_store.cache, "HIT-STORE");
+    assert_eq!(from_store.body, first.body);
+    until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+
+    // Other options are another result.
+    let other = upload(&mesh, &photo, "format=jpeg&quality=50", None).await;
+    assert_eq!(other.cache, "MISS");
+    assert_ne!(other.etag, first.etag);
+    redis_command(
+        &redis,
+        &[
+            "DEL",
+            &redis_key,
+            &format!("{prefix}{}", other.etag.trim_matches('"')),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn results_are_served_by_key_with_immutable_caching_and_304() {
+    let mesh = Mesh::start();
+    let photo = test_image(TINY);
+    let first = upload(&mesh, &photo, "format=png", None).await;
+    assert_eq!(first.cache, "MISS");
+    assert_eq!(first.vary, None, "an explicit format does not vary with Accept");
+    let again = upload(&mesh, &photo, "format=png", None).await;
+    assert_eq!(again.cache, "HIT-L1");
+
+    let response = mesh.http.get(mesh.url(&first.location)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["etag"], first.etag.as_str());
+    assert_eq!(headers["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(headers["x-cache"], "HIT-L1");
+    assert!(headers["server-timing"].to_str().unwrap().starts_with("l1;"));
+    assert_eq!(response.bytes().await.unwrap(), first.body);
+
+    let not_modified = mesh
+        .http
+        .get(mesh.url(&first.location))
+        .header("if-none-match", format!("W/{}, \"other\"", first.etag))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
+    assert_eq!(not_modified.headers()["etag"], first.etag.as_str());
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+
+    // A fresh gateway over the same storage finds it there.
+    let key = first.etag.trim_matches('"');
+    let unknown = key.chars().rev().collect::<String>();
+    let response = mesh
+        .http
+        .get(mesh.url(&format!("/v1/images/{unknown}")))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(response, 404, "NOT_FOUND").await;
+    let response = mesh
+        .http
+        .get(mesh.url("/v1/images/not-a-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(response, 400, "INVALID_ARGUMENT").await;
+}
+
+#[tokio::test]
+async fn format_auto_negotiates_from_accept_and_keys_each_choice_apart() {
+    let mesh = Mesh::start();
+    let photo = test_image(TINY);
+    let webp = upload(&mesh, &photo, "", Some("image/webp,*/*;q=0.8")).await;
+    assert_eq!((webp.status, webp.content_type.as_str()), (200, "image/webp"));
+    assert_eq!(webp.vary.as_deref(), Some("accept"));
+    let avif = upload(&mesh, &photo, "format=auto", Some("image/avif,image/webp,*/*")).await;
+    assert_eq!(avif.content_type, "image/avif");
+    let plain = upload(&mesh, &photo, "", None).await;
+    assert_eq!(plain.content_type, "image/jpeg");
+    assert_eq!(plain.vary.as_deref(), Some("accept"));
+    let keys = [&webp.etag, &avif.etag, &plain.etag];
+    assert!(
+        keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2],
+        "{keys:?}"
+    );
+    // Accept naming WebP and asking for it by name are the same result.
+    let named = upload(&mesh, &photo, "format=webp", None).await;
+    assert_eq!((named.cache.as_str(), &named.etag), ("HIT-L1", &webp.etag));
+}
+
+#[tokio::test]
+async fn two_hundred_identical_uploads_run_the_optimizer_once() {
+    let mesh = Mesh::start();
+    // Small to send, slow to render (AVIF): the uploads all arrive while
+    // the first one is being computed.
+    let pixels = image::RgbImage::from_fn(2400, 1600, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+    let mut photo = Vec::new();
+    image::DynamicImage::ImageRgb8(pixels)
+        .write_to(&mut std::io::Cursor::new(&mut photo), image::ImageFormat::Png)
+        .unwrap();
+    let uploads = (0..200).map(|_| upload(&mesh, &photo, "format=avif&wm_text=coalesced", None));
+    let results = join_all(uploads).await;
+    let mut sources = std::collections::BTreeMap::<String, usize>::new();
+    for result in &results {
+        assert_eq!(result.status, 200, "{}", String::from_utf8_lossy(&result.body));
+        assert_eq!(result.body, results[0].body);
+        *sources.entry(result.cache.clone()).or_default() += 1;
+    }
+    assert_eq!(sources.get("MISS"), Some(&1), "{sources:?}");
+    assert!(
+        sources
+            .keys()
+            .all(|s| ["MISS", "COALESCED", "HIT-L1"].contains(&s.as_str())),
+        "{sources:?}"
+    );
+    assert!(sources.get("COALESCED").is_some_and(|n| *n > 0), "{sources:?}");
+    let optimized = mesh.process.logs().matches("\"optimized\"").count();
+    assert_eq!(optimized, 1, "the optimizer ran {optimized} times");
+}
+
+/// A Redis server of the test's own, on a free port, that it may stop.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let binary = std::env::var("NWS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let child = Command::new(binary)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (the test command installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A frozen server ignores SIGKILL only until it is continued.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.stop();
+    }
+}
+
+async fn readiness(mesh: &Mesh) -> (u16, serde_json::Value) {
+    let response = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Waits for Redis to be reported `wanted`; once the upstreams are ready,
+/// Redis' state never makes the gateway unready.
+async fn until_redis(mesh: &Mesh, wanted: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = readiness(mesh).await;
+        let upstreams_ready = ["optimizer", "storage"]
+            .iter()
+            .all(|name| body["upstreams"][name]["status"] == "SERVING");
+        assert_eq!(status == 200, upstreams_ready, "{body}");
+        if upstreams_ready && body["cache"]["redis"]["status"] == wanted {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "redis never became {wanted}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_stopping_slowing_and_returning_never_fails_a_request() {
+    let mut redis = PrivateRedis::start();
+    let mesh = Mesh::start_with(&[
+        ("NWS_REDIS_URL", &redis.url()),
+        ("NWS_CACHE_MEMORY", "0"),
+        ("NWS_REDIS_TIMEOUT", "200ms"),
+    ]);
+    let photo = test_image(TINY);
+    let body = until_redis(&mesh, "SERVING").await;
+    assert_eq!(body["status"], "ready");
+    assert_eq!(upload(&mesh, &photo, "format=jpeg", None).await.cache, "MISS");
+    until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+
+    // Redis gone: served from storage, ready but degraded.
+    redis.stop();
+    let started = Instant::now();
+    let served = upload(&mesh, &photo, "format=jpeg", None).await;
+    assert_eq!((served.status, served.cache.as_str()), (200, "HIT-STORE"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let body = until_redis(&mesh, "UNAVAILABLE").await;
+    assert_eq!(body["status"], "degraded");
+
+    // Back, empty: picked up without a restart, and filled again.
+    redis.restart();
+    until_redis(&mesh, "SERVING").await;
+    assert_eq!(
+        upload(&mesh, &photo, "format=jpeg", None).await.cache,
+        "HIT-STORE"
+    );
+    until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+
+    // Frozen (accepts connections, answers nothing): the short timeout
+    // turns it into a miss, then Redis is skipped until it answers again.
+    redis.signal("-STOP");
+    for _ in 0..3 {
+        let served = upload(&mesh, &photo, "format=jpeg", None).await;
+        assert_eq!(
+            (served.status, served.cache.as_str()),
+            (200, "HIT-STORE"),
+            "{}",
+            served.timing
+        );
+    }
+    until_redis(&mesh, "UNAVAILABLE").await;
+    redis.signal("-CONT");
+    until_redis(&mesh, "SERVING").await;
+    until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+    let logs = mesh.process.logs();
+    assert!(
+        logs.contains("redis failed") && logs.contains("redis answers again"),
+        "{logs}"
+    );
+}

@@ -1,0 +1,280 @@
+//! HTTP behaviour around the handlers: limits on slow and excess clients,
+//! compression, JSON transcoding of annotated RPCs, OpenAPI, cancellation.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use nws_watermark::testing::test_image;
+
+use crate::{KLEIBER, Mesh, assert_json_error, sha256_hex};
+
+/// Reads what the server sends until it closes or `limit` passes.
+fn read_reply(stream: &mut TcpStream, limit: Duration) -> String {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_excess_requests_shed_with_retry_after() {
+    let mesh = Mesh::start_with(&[
+        ("NWS_HEADER_READ_TIMEOUT", "1s"),
+        ("NWS_BODY_READ_TIMEOUT", "1s"),
+        ("NWS_MAX_CONCURRENT_REQUESTS", "1"),
+    ]);
+    let address = mesh.process.addr("gateway");
+
+    // Headers that never finish: the connection is closed.
+    let mut trickle = TcpStream::connect(address).unwrap();
+    trickle
+        .write_all(b"POST /v1/watermark HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    read_reply(&mut trickle, Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "headers timed out late"
+    );
+
+    // A body that stalls: it holds the only request slot until it is cut off.
+    let mut stalled = TcpStream::connect(address).unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/watermark HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n\xFF\xD8\xFF\xE0",
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shed = mesh.http.get(mesh.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_json_error(shed, 503, "UNAVAILABLE").await;
+    let health = mesh.http.get(mesh.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "health checks are never shed");
+
+    let reply = read_reply(&mut stalled, Duration::from_secs(10));
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("NWS_BODY_READ_TIMEOUT"), "{reply}");
+    // The slot is free again.
+    let after = mesh.http.get(mesh.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(after.status(), 200);
+}
+
+#[tokio::test]
+async fn json_and_text_are_compressed_and_images_never_are() {
+    let mesh = Mesh::start();
+    for encoding in ["gzip", "br", "zstd"] {
+        let response = mesh
+            .http
+            .get(mesh.url("/openapi.json"))
+            .header("accept-encoding", encoding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-encoding"], encoding);
+    }
+    let response = mesh
+        .http
+        .post(mesh.url("/v1/watermark?format=png"))
+        .header("accept-encoding", "gzip, br, zstd")
+        .body(test_image("tiny_16x16.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-encoding").is_none());
+    image::load_from_memory(&response.bytes().await.unwrap()).expect("an image, as sent");
+}
+
+#[tokio::test]
+async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
+    let mesh = Mesh::start();
+    let photo = test_image("tiny_16x16.jpg");
+    let uploaded = mesh
+        .http
+        .post(mesh.url("/v1/watermark?format=jpeg"))
+        .body(photo.clone())
+        .send()
+        .await
+        .unwrap();
+    let key = uploaded.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let sha = sha256_hex(&photo);
+
+    let original: serde_json::Value = mesh
+        .http
+        .get(mesh.url(&format!("/v1/originals/{sha}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(original["info"]["sha256"], sha.as_str());
+    assert_eq!(
+        original["info"]["size"],
+        photo.len().to_string(),
+        "uint64 is a string in proto3 JSON"
+    );
+    assert_eq!(original["info"]["media_type"], "image/jpeg");
+
+    // The result lands in Storage in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let result = loop {
+        let response = mesh
+            .http
+            .get(mesh.url(&format!("/v1/objects/{key}?namespace=NAMESPACE_RESULTS")))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 || Instant::now() > deadline {
+            break response.json::<serde_json::Value>().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(result["info"]["sha256"], key.as_str());
+
+    let encoded = base64_encode(&photo);
+    let probe: serde_json::Value = mesh
+        .http
+        .post(mesh.url("/v1/probe"))
+        .json(&serde_json::json!({ "header": encoded }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (probe["width"].as_u64(), probe["height"].as_u64()),
+        (Some(16), Some(16)),
+        "{probe}"
+    );
+    assert_eq!(probe["format"], "IMAGE_FORMAT_JPEG");
+
+    let missing = mesh
+        .http
+        .get(mesh.url(&format!("/v1/originals/{}", "0".repeat(64))))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(missing, 404, "NOT_FOUND").await;
+    let malformed = mesh
+        .http
+        .get(mesh.url("/v1/originals/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(malformed, 400, "INVALID_ARGUMENT").await;
+    let unknown_field = mesh
+        .http
+        .get(mesh.url(&format!("/v1/originals/{sha}?colour=red")))
+        .send()
+        .await
+        .unwrap();
+    let message = assert_json_error(unknown_field, 400, "INVALID_ARGUMENT").await;
+    assert!(message.contains("colour"), "{message}");
+    let bad_json = mesh
+        .http
+        .post(mesh.url("/v1/probe"))
+        .body("{\"header\": 5}")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(bad_json, 400, "INVALID_ARGUMENT").await;
+
+    let openapi: serde_json::Value = mesh
+        .http
+        .get(mesh.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(openapi["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/v1/originals/{sha256}", "get"),
+        ("/v1/objects/{sha256}", "get"),
+        ("/v1/probe", "post"),
+        ("/v1/watermark", "post"),
+        ("/v1/images/{key}", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(
+            openapi["paths"][path][method].is_object(),
+            "{path} {method} missing"
+        );
+    }
+    assert!(openapi["components"]["schemas"]["watermark.v1.ObjectInfo"]["properties"]["sha256"].is_object());
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_the_optimizer_call() {
+    let mesh = Mesh::start();
+    let photo = test_image(KLEIBER);
+    // Stored first, so the next upload reaches the optimizer at once.
+    let stored = mesh
+        .http
+        .post(mesh.url("/v1/watermark?format=jpeg"))
+        .body(photo.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    let mut connection = TcpStream::connect(mesh.process.addr("gateway")).unwrap();
+    // AVIF of a 12 MP photo keeps the optimizer busy for about a second.
+    let head = format!(
+        "POST /v1/watermark?format=avif HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        photo.len()
+    );
+    connection.write_all(head.as_bytes()).unwrap();
+    connection.write_all(&photo).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(connection);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mesh.process.logs().contains("call cancelled by the client") {
+        assert!(
+            Instant::now() < deadline,
+            "the optimizer call was not cancelled:\n{}",
+            mesh.process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mesh.process.logs().matches("\"optimized\"").count(),
+        1,
+        "only the JPEG was finished"
+    );
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
