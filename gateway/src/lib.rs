@@ -27,7 +27,7 @@ pub use config::GatewayConfig;
 
 use crate::{
     cache::{RedisTier, ResultCache},
-    routes::{AppState, HttpLimits},
+    routes::{AppState, HttpLimits, Shared},
     upstream::Upstreams,
 };
 
@@ -61,12 +61,12 @@ pub async fn build(config: &GatewayConfig, optimizer: Uri, storage: Uri) -> anyh
         .await
         .with_context(|| format!("gateway: cannot listen on {} (NWS_HTTP_ADDR)", config.http_addr))?;
     let upstreams = Upstreams::connect_lazy(optimizer, storage, config.upstream_timeout);
-    let state = AppState {
+    let state = AppState::new(Shared {
         cache: ResultCache::new(config.cache_memory, redis.clone(), upstreams.clone()),
         upstreams,
         max_upload_bytes: config.max_upload_bytes,
         body_read_timeout: config.body_read_timeout,
-    };
+    });
     let limits = HttpLimits {
         max_concurrent_requests: config.max_concurrent_requests,
         body_read_timeout: config.body_read_timeout,

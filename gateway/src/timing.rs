@@ -53,8 +53,15 @@ impl ServerTiming {
                 .chain([("total", "gateway: whole request", self.started.elapsed())]);
         for (index, (name, description, took)) in entries.enumerate() {
             let separator = if index == 0 { "" } else { ", " };
-            let millis = took.as_secs_f64() * 1000.0;
-            let _ = write!(value, "{separator}{name};desc=\"{description}\";dur={millis:.3}");
+            // Milliseconds with three decimals, in integers: cheaper than
+            // float formatting on every response.
+            let micros = took.as_micros();
+            let _ = write!(
+                value,
+                "{separator}{name};desc=\"{description}\";dur={}.{:03}",
+                micros / 1000,
+                micros % 1000
+            );
         }
         HeaderValue::try_from(value).expect("names and descriptions are ASCII")
     }

@@ -38,6 +38,18 @@ impl ResultKey {
     }
 }
 
+impl ResultKey {
+    /// The strong entity tag of the result: the key, quoted.
+    pub fn etag(&self) -> http::HeaderValue {
+        http::HeaderValue::try_from(format!("\"{self}\"")).expect("hex is a valid header value")
+    }
+
+    /// Where the result is served.
+    pub fn location(&self) -> String {
+        format!("/v1/images/{self}")
+    }
+}
+
 impl std::fmt::Display for ResultKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&hex::encode(self.0))

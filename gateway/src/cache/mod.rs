@@ -13,6 +13,7 @@ mod redis;
 use std::{pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use moka::future::Cache;
 use nws_watermark::{
     media,
@@ -29,17 +30,25 @@ use crate::{
 };
 
 /// A finished result, as every tier keeps it: the bytes alone (the media
-/// type is judged from them, so Redis holds nothing but the image).
+/// type is judged from them, so Redis holds nothing but the image), with
+/// the response headers that follow from them and their key made once, not
+/// on every hit.
 #[derive(Debug)]
 pub struct CachedImage {
     pub bytes: Bytes,
     pub media_type: &'static str,
+    /// `"<key>"`
+    pub etag: HeaderValue,
+    /// `/v1/images/<key>`
+    pub location: HeaderValue,
 }
 
 impl CachedImage {
-    pub fn new(bytes: Bytes) -> Arc<Self> {
+    pub fn new(key: &ResultKey, bytes: Bytes) -> Arc<Self> {
         Arc::new(Self {
             media_type: media::sniff_media_type(&bytes),
+            etag: key.etag(),
+            location: HeaderValue::try_from(key.location()).expect("hex is a valid header value"),
             bytes,
         })
     }
@@ -184,7 +193,7 @@ impl ResultCache {
             let hit = redis.get(&key).await;
             timing.since("l2", "cache: redis", started);
             if let Some(bytes) = hit {
-                return Ok((CachedImage::new(bytes), Source::Redis, None));
+                return Ok((CachedImage::new(&key, bytes), Source::Redis, None));
             }
         }
 
@@ -215,7 +224,7 @@ impl ResultCache {
 
     async fn in_store(&self, key: &ResultKey) -> Result<Option<Arc<CachedImage>>, ApiError> {
         match transfer::read_object(&self.upstreams, Namespace::Results, &key.to_string()).await {
-            Ok(bytes) => Ok(Some(CachedImage::new(bytes))),
+            Ok(bytes) => Ok(Some(CachedImage::new(key, bytes))),
             Err(ApiError::Upstream { status, .. }) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(error) => Err(error),
         }

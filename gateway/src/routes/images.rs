@@ -30,7 +30,7 @@ pub async fn get(
             "{key:?} is not a result key (64 lowercase hex characters)"
         ))
     })?;
-    let etag = etag(&key);
+    let etag = key.etag();
     if if_none_match(&headers, &etag) {
         // The representation behind a key never changes, so the client's
         // copy is current without looking anything up.
@@ -44,7 +44,7 @@ pub async fn get(
         .cache
         .find(key, &mut timing, None::<std::future::Ready<_>>)
         .await?;
-    Ok(image_response(&found, &key, &timing, Negotiated::No, None))
+    Ok(image_response(&found, &timing, Negotiated::No, None))
 }
 
 /// Whether the response's format was chosen from the request's Accept.
@@ -58,18 +58,15 @@ pub enum Negotiated {
 /// person debugging need to know about them.
 pub fn image_response(
     found: &Found,
-    key: &ResultKey,
     timing: &ServerTiming,
     negotiated: Negotiated,
     original: Option<&PutResponse>,
 ) -> Response {
-    let url = format!("/v1/images/{key}");
+    let image = &found.image;
     let mut headers = HeaderMap::with_capacity(14);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(found.image.media_type),
-    );
-    headers.insert(header::ETAG, etag(key));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(image.media_type));
+    headers.insert(header::ETAG, image.etag.clone());
+    headers.insert(header::CONTENT_LOCATION, image.location.clone());
     headers.insert(header::CACHE_CONTROL, IMMUTABLE);
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -85,31 +82,19 @@ pub fn image_response(
             headers.insert(name, value);
         }
     };
-    put("content-location", url.clone());
     if let Some(header) = &found.header {
         put("x-image-width", header.width.to_string());
         put("x-image-height", header.height.to_string());
     }
-    match original {
-        Some(original) => {
-            put("x-original-sha256", original.sha256.clone());
-            put("x-original-deduplicated", original.deduplicated.to_string());
-            put(
-                "link",
-                format!(
-                    "<{url}>; rel=\"canonical\", </image/{}>; rel=\"original\"",
-                    original.sha256
-                ),
-            );
-        }
-        None => put("link", format!("<{url}>; rel=\"canonical\"")),
+    // Where the result lives is already in Content-Location; an upload
+    // also links the original it came from.
+    if let Some(original) = original {
+        put("x-original-sha256", original.sha256.clone());
+        put("x-original-deduplicated", original.deduplicated.to_string());
+        put("link", format!("</image/{}>; rel=\"original\"", original.sha256));
     }
     // The bytes are shared with the cache: no copy.
-    (headers, Body::from(found.image.bytes.clone())).into_response()
-}
-
-fn etag(key: &ResultKey) -> HeaderValue {
-    HeaderValue::try_from(format!("\"{key}\"")).expect("hex is a valid header value")
+    (headers, Body::from(image.bytes.clone())).into_response()
 }
 
 /// `If-None-Match` as RFC 9110 reads it for GET: weak comparison, a list,

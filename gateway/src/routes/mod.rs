@@ -34,13 +34,30 @@ use tower_http::{
 
 use crate::{cache::ResultCache, error::json_error, transcode::Binding, upstream::Upstreams};
 
-/// What every handler shares.
+/// What every handler shares. Extractors clone it for each request, so it
+/// is one reference count, not a copy of every client handle.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub upstreams: Upstreams,
     pub cache: ResultCache,
     pub max_upload_bytes: u64,
     pub body_read_timeout: Duration,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Limits the layer stack enforces.

@@ -101,7 +101,7 @@ pub async fn upload(
     let compute = async move {
         let (header, bytes) = compute.await?;
         Ok(Computed {
-            image: CachedImage::new(bytes),
+            image: CachedImage::new(&key, bytes),
             header,
         })
     };
@@ -117,7 +117,7 @@ pub async fn upload(
     if let Some(stages) = found.header.as_ref().and_then(|h| h.timings.as_ref()) {
         timing.add_stages(stages);
     }
-    Ok(image_response(&found, &key, &timing, negotiated, Some(&original)))
+    Ok(image_response(&found, &timing, negotiated, Some(&original)))
 }
 
 /// Reads a form whose fields may come in any order: the image streams into
