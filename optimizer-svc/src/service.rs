@@ -192,6 +192,11 @@ impl Optimizer for OptimizerService {
         // Reached only if the call was not dropped half-way.
         let result = work.await;
         admission.finished = true;
+        if let Err(OptimizeError::Upload(status)) = &result {
+            // A reset upload stream is the client going away before the
+            // pipeline could start: the same event as a dropped call.
+            tracing::info!(%status, "call cancelled by the client: its upload broke off; no work was done");
+        }
         let (input_bytes, output) = result?;
         let (display_width, display_height) = output.source.display_size();
         tracing::info!(
