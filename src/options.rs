@@ -197,21 +197,10 @@ impl Options {
     pub fn canonical(&self) -> Vec<u8> {
         let negotiated = self.clone().negotiate();
         let may_be_jpeg = matches!(negotiated.format, ImageFormat::Jpeg | ImageFormat::Unspecified);
-        OptimizeOptions {
-            watermark_text: negotiated.text,
-            position: negotiated.position as i32,
-            format: negotiated.format as i32,
-            quality: u32::from(negotiated.quality),
-            max_width: negotiated.max_width,
-            max_height: negotiated.max_height,
-            progressive: negotiated.progressive && may_be_jpeg,
-            accept: Vec::new(),
-            opacity: negotiated.opacity,
-            tiled: negotiated.tiled,
-            resize_filter: negotiated.resize_filter as i32,
-            keep_metadata: negotiated.keep_metadata && may_be_jpeg,
-        }
-        .encode_to_vec()
+        let mut wire = negotiated.to_wire();
+        wire.progressive &= may_be_jpeg;
+        wire.keep_metadata &= may_be_jpeg;
+        wire.encode_to_vec()
     }
 
     /// The wire form, for sending these options on.

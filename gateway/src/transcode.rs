@@ -214,7 +214,7 @@ async fn call(
         set_from_text(&mut message, field, value)?;
     }
     if binding.body != "*" {
-        for (name, value) in form_urlencoded(query.as_deref().unwrap_or(""))? {
+        for (name, value) in crate::routes::query_pairs(query.as_deref())? {
             if binding.path_fields.contains(&name) {
                 return Err(ApiError::BadRequest(format!(
                     "{name} is already given in the path"
@@ -269,15 +269,6 @@ fn from_json(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessa
         .and_then(|message| deserializer.end().map(|()| message))
         .map_err(|e| ApiError::BadRequest(format!("the JSON body is not a {}: {e}", descriptor.name())))?;
     Ok(message)
-}
-
-fn form_urlencoded(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    let uri: http::Uri = format!("/?{query}")
-        .parse()
-        .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .map_err(|e| ApiError::BadRequest(format!("malformed query string: {}", e.body_text())))
 }
 
 /// Sets a (possibly nested, possibly repeated) scalar field from its text

@@ -67,59 +67,53 @@ impl Stream for UntilEnd {
 
 /// Runs the call that `start` makes from a byte stream, feeding it `prefix`
 /// then `source`. Returns the call's answer once it has read everything.
-///
-/// Returned boxed as `dyn Send`: the compiler then proves Send once, here,
-/// instead of failing to through every caller's generic future.
-fn feed<'a, T, F>(
+async fn feed<T, F>(
     upstream: Upstream,
     prefix: Bytes,
-    mut source: ByteSource<'a>,
+    mut source: ByteSource<'_>,
     start: impl FnOnce(UntilEnd) -> F,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>
+) -> Result<T, ApiError>
 where
-    T: Send + 'a,
-    F: Future<Output = Result<T, ApiError>> + Send + 'a,
+    F: Future<Output = Result<T, ApiError>>,
 {
     let (sender, receiver) = mpsc::channel::<Piece>(WINDOW);
     let call = start(UntilEnd(receiver));
-    Box::pin(async move {
-        let pump = async move {
-            let mut next = Some(prefix);
-            while let Some(data) = next.take() {
-                for piece in chunk::split(data) {
-                    if sender.send(Piece::Data(piece)).await.is_err() {
-                        // The call stopped reading: it is failing, and says why.
-                        return Ok(false);
-                    }
+    let pump = async move {
+        let mut next = Some(prefix);
+        while let Some(data) = next.take() {
+            for piece in chunk::split(data) {
+                if sender.send(Piece::Data(piece)).await.is_err() {
+                    // The call stopped reading: it is failing, and says why.
+                    return Ok(false);
                 }
-                next = source.next().await.transpose()?;
             }
-            Ok::<_, ApiError>(sender.send(Piece::End).await.is_ok())
-        };
-        tokio::pin!(call, pump);
-        let mut sent_everything = None;
-        loop {
-            tokio::select! {
-                biased;
-                sent = &mut pump, if sent_everything.is_none() => sent_everything = Some(sent?),
-                answer = &mut call => {
-                    return match (answer, sent_everything) {
-                        (Err(error), _) => Err(error),
-                        (Ok(answer), Some(true)) => Ok(answer),
-                        (Ok(_), _) => Err(ApiError::Protocol {
-                            upstream,
-                            what: "it answered before reading the whole stream",
-                        }),
-                    };
-                }
+            next = source.next().await.transpose()?;
+        }
+        Ok::<_, ApiError>(sender.send(Piece::End).await.is_ok())
+    };
+    tokio::pin!(call, pump);
+    let mut sent_everything = None;
+    loop {
+        tokio::select! {
+            biased;
+            sent = &mut pump, if sent_everything.is_none() => sent_everything = Some(sent?),
+            answer = &mut call => {
+                return match (answer, sent_everything) {
+                    (Err(error), _) => Err(error),
+                    (Ok(answer), Some(true)) => Ok(answer),
+                    (Ok(_), _) => Err(ApiError::Protocol {
+                        upstream,
+                        what: "it answered before reading the whole stream",
+                    }),
+                };
             }
         }
-    })
+    }
 }
 
 /// Stores an upload as an original, once its first bytes show an image.
 pub async fn store_original(
-    upstreams: Upstreams,
+    upstreams: &Upstreams,
     mut source: ByteSource<'_>,
 ) -> Result<PutResponse, ApiError> {
     // Judge the bytes before Storage is bothered.

@@ -10,7 +10,7 @@
 mod key;
 mod redis;
 
-use std::{pin::Pin, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -143,14 +143,11 @@ impl ResultCache {
         // Set only when this call is the one that walks the tiers.
         let mut led: Option<(Source, Option<OptimizeHeader>)> = None;
         let waiting = Instant::now();
-        // Boxed with its Send bound spelled out: the compiler cannot prove
-        // it through moka's generic future for every borrow's lifetime.
-        let lead: Pin<Box<dyn Future<Output = Result<Arc<CachedImage>, ApiError>> + Send + '_>> =
-            Box::pin(async {
-                let (image, source, header) = self.below_memory(key, timing, compute).await?;
-                led = Some((source, header));
-                Ok(image)
-            });
+        let lead = async {
+            let (image, source, header) = self.below_memory(key, timing, compute).await?;
+            led = Some((source, header));
+            Ok::<_, ApiError>(image)
+        };
         let image = self
             .memory
             .try_get_with(key, lead)

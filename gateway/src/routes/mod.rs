@@ -18,7 +18,7 @@ use axum::{
     body::{Body, Bytes},
     extract::{DefaultBodyLimit, Request, State},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::{get, post},
 };
 use http::{HeaderValue, StatusCode, header};
@@ -32,7 +32,12 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{cache::ResultCache, error::json_error, transcode::Binding, upstream::Upstreams};
+use crate::{
+    cache::ResultCache,
+    error::{ApiError, json_error},
+    transcode::Binding,
+    upstream::Upstreams,
+};
 
 /// What every handler shares. Extractors clone it for each request, so it
 /// is one reference count, not a copy of every client handle.
@@ -167,6 +172,17 @@ impl http_body::Body for HoldsPermit {
     }
 }
 
+/// A query string's `name=value` pairs, percent-decoded, in order.
+pub(crate) fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let malformed = |detail: String| ApiError::BadRequest(format!("malformed query string: {detail}"));
+    let uri: http::Uri = format!("/?{}", query.unwrap_or(""))
+        .parse()
+        .map_err(|e| malformed(format!("{e}")))?;
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .map_err(|e| malformed(e.body_text()))
+}
+
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let detail = panic
         .downcast_ref::<&str>()
@@ -191,5 +207,17 @@ async fn method_not_allowed() -> Response {
         Code::Unimplemented,
         "this route does not take that method",
     )
-    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_decode() {
+        let pairs = query_pairs(Some("wm_text=NWS%20%C2%A9&wm_position=center")).unwrap();
+        assert_eq!(pairs[0], ("wm_text".to_owned(), "NWS ©".to_owned()));
+        assert_eq!(pairs[1].1, "center");
+        assert!(query_pairs(None).unwrap().is_empty());
+    }
 }

@@ -39,6 +39,7 @@ use nws_watermark::{
 use super::{
     AppState,
     images::{Negotiated, image_response},
+    query_pairs,
 };
 use crate::{
     cache::{CachedImage, Computed, ResultKey},
@@ -73,9 +74,9 @@ pub async fn upload(
     let mut options = FormOptions::for_request(request.headers());
     let reading = Instant::now();
     let (original, options) = if is_form {
-        from_form(state.clone(), request, limit, options).await?
+        from_form(&state, request, limit, options).await?
     } else {
-        for (name, value) in form_pairs(query.as_deref().unwrap_or(""))? {
+        for (name, value) in query_pairs(query.as_deref())? {
             options.set(&name, &value)?;
         }
         // Bad options are refused before a byte of the body is read.
@@ -84,7 +85,7 @@ pub async fn upload(
         let bytes = TryStreamExt::map_err(request.into_body().into_data_stream(), move |e| {
             body_error(&e, limit, stall)
         });
-        let original = transfer::store_original(state.upstreams.clone(), Box::pin(bytes)).await?;
+        let original = transfer::store_original(&state.upstreams, Box::pin(bytes)).await?;
         (original, options)
     };
     timing.since("upload", "gateway: read and store the original", reading);
@@ -124,14 +125,14 @@ pub async fn upload(
 /// Storage as it arrives; options before it are checked before it is
 /// stored, options after it once the form ends.
 async fn from_form(
-    state: AppState,
+    state: &AppState,
     request: Request,
     limit: u64,
     mut options: FormOptions,
 ) -> Result<(PutResponse, Options), ApiError> {
     let stall = state.body_read_timeout;
     let form_error = move |e: MultipartError| multipart_error(e, limit, stall);
-    let mut form = Multipart::from_request(request, &state)
+    let mut form = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::BadRequest(format!("not a multipart form: {}", e.body_text())))?;
     let mut original = None;
@@ -146,7 +147,7 @@ async fn from_form(
             }
             options.validate()?;
             let bytes = field.map_err(form_error);
-            original = Some(transfer::store_original(state.upstreams.clone(), Box::pin(bytes)).await?);
+            original = Some(transfer::store_original(&state.upstreams, Box::pin(bytes)).await?);
         } else if FormOptions::NAMES.contains(&name.as_str()) {
             let mut value = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(form_error)? {
@@ -318,16 +319,6 @@ fn parse_flag(name: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    let malformed = |detail: String| ApiError::BadRequest(format!("malformed query string: {detail}"));
-    let uri: http::Uri = format!("/?{query}")
-        .parse()
-        .map_err(|e| malformed(format!("{e}")))?;
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .map_err(|e| malformed(e.body_text()))
-}
-
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
@@ -391,12 +382,5 @@ mod tests {
             let message = FormOptions::default().set(name, value).unwrap_err().to_string();
             assert!(message.contains(expected), "{message}");
         }
-    }
-
-    #[test]
-    fn query_pairs_decode() {
-        let pairs = form_pairs("wm_text=NWS%20%C2%A9&wm_position=center").unwrap();
-        assert_eq!(pairs[0], ("wm_text".to_owned(), "NWS ©".to_owned()));
-        assert_eq!(pairs[1].1, "center");
     }
 }

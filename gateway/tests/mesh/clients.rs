@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 
 use nws_watermark::testing::{test_image, test_images_dir};
 
-use crate::{Mesh, sha256_hex, tool};
+use crate::{Mesh, base64, sha256_hex, tool};
 
 fn grpcurl(args: &[&str]) -> String {
     let output = Command::new(tool("NWS_GRPCURL"))
@@ -128,23 +128,4 @@ fn a_python_client_generated_from_the_protos_streams_through_both_services() {
     );
     assert!(stdout.contains("optimize ok 1440x1080"), "{stdout}");
     assert!(stdout.contains("put/get ok"), "{stdout}");
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for group in bytes.chunks(3) {
-        let n = group
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

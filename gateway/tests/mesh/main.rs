@@ -55,6 +55,15 @@ impl Mesh {
         }
     }
 
+    /// `GET path` on the gateway.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET reaches the gateway")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.process.url("gateway"))
     }
@@ -121,4 +130,24 @@ pub fn tool(variable: &str) -> PathBuf {
     std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
         panic!("{variable} is not set: run the suite with scripts/test.sh, which installs it")
     })
+}
+
+/// Standard base64 with padding, as proto3 JSON and gRPC clients write bytes.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

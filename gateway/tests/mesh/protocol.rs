@@ -9,7 +9,7 @@ use std::{
 
 use nws_watermark::testing::test_image;
 
-use crate::{KLEIBER, Mesh, assert_json_error, sha256_hex};
+use crate::{KLEIBER, Mesh, assert_json_error, base64, sha256_hex};
 
 /// Reads what the server sends until it closes or `limit` passes.
 fn read_reply(stream: &mut TcpStream, limit: Duration) -> String {
@@ -54,17 +54,17 @@ async fn slow_clients_are_cut_off_and_excess_requests_shed_with_retry_after() {
         )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let shed = mesh.http.get(mesh.url("/openapi.json")).send().await.unwrap();
+    let shed = mesh.get("/openapi.json").await;
     assert_eq!(shed.headers()["retry-after"], "1");
     assert_json_error(shed, 503, "UNAVAILABLE").await;
-    let health = mesh.http.get(mesh.url("/healthz")).send().await.unwrap();
+    let health = mesh.get("/healthz").await;
     assert_eq!(health.status(), 200, "health checks are never shed");
 
     let reply = read_reply(&mut stalled, Duration::from_secs(10));
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("NWS_BODY_READ_TIMEOUT"), "{reply}");
     // The slot is free again.
-    let after = mesh.http.get(mesh.url("/openapi.json")).send().await.unwrap();
+    let after = mesh.get("/openapi.json").await;
     assert_eq!(after.status(), 200);
 }
 
@@ -139,11 +139,8 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
     let sha = sha256_hex(&photo);
 
     let original: serde_json::Value = mesh
-        .http
-        .get(mesh.url(&format!("/v1/originals/{sha}")))
-        .send()
+        .get(&format!("/v1/originals/{sha}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -159,11 +156,8 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let result = loop {
         let response = mesh
-            .http
-            .get(mesh.url(&format!("/v1/objects/{key}?namespace=NAMESPACE_RESULTS")))
-            .send()
-            .await
-            .unwrap();
+            .get(&format!("/v1/objects/{key}?namespace=NAMESPACE_RESULTS"))
+            .await;
         if response.status() == 200 || Instant::now() > deadline {
             break response.json::<serde_json::Value>().await.unwrap();
         }
@@ -171,7 +165,7 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
     };
     assert_eq!(result["info"]["sha256"], key.as_str());
 
-    let encoded = base64_encode(&photo);
+    let encoded = base64(&photo);
     let probe: serde_json::Value = mesh
         .http
         .post(mesh.url("/v1/probe"))
@@ -189,26 +183,11 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
     );
     assert_eq!(probe["format"], "IMAGE_FORMAT_JPEG");
 
-    let missing = mesh
-        .http
-        .get(mesh.url(&format!("/v1/originals/{}", "0".repeat(64))))
-        .send()
-        .await
-        .unwrap();
+    let missing = mesh.get(&format!("/v1/originals/{}", "0".repeat(64))).await;
     assert_json_error(missing, 404, "NOT_FOUND").await;
-    let malformed = mesh
-        .http
-        .get(mesh.url("/v1/originals/nope"))
-        .send()
-        .await
-        .unwrap();
+    let malformed = mesh.get("/v1/originals/nope").await;
     assert_json_error(malformed, 400, "INVALID_ARGUMENT").await;
-    let unknown_field = mesh
-        .http
-        .get(mesh.url(&format!("/v1/originals/{sha}?colour=red")))
-        .send()
-        .await
-        .unwrap();
+    let unknown_field = mesh.get(&format!("/v1/originals/{sha}?colour=red")).await;
     let message = assert_json_error(unknown_field, 400, "INVALID_ARGUMENT").await;
     assert!(message.contains("colour"), "{message}");
     let bad_json = mesh
@@ -220,15 +199,7 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
         .unwrap();
     assert_json_error(bad_json, 400, "INVALID_ARGUMENT").await;
 
-    let openapi: serde_json::Value = mesh
-        .http
-        .get(mesh.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: serde_json::Value = mesh.get("/openapi.json").await.json().await.unwrap();
     assert_eq!(openapi["openapi"], "3.1.0");
     for (path, method) in [
         ("/v1/originals/{sha256}", "get"),
@@ -301,23 +272,4 @@ async fn a_client_that_disconnects_cancels_the_optimizer_call() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let optimized = mesh.process.logs().matches("\"message\":\"optimized\"").count();
     assert_eq!(optimized, 1, "only the JPEG was finished");
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for group in bytes.chunks(3) {
-        let n = group
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
