@@ -203,7 +203,8 @@ impl Options {
         wire.encode_to_vec()
     }
 
-    /// The wire form, for sending these options on.
+    /// The wire form, for sending these options on (the stream's
+    /// `input_size` is the sender's to add).
     pub fn to_wire(&self) -> OptimizeOptions {
         OptimizeOptions {
             watermark_text: self.text.clone(),
@@ -218,6 +219,7 @@ impl Options {
             tiled: self.tiled,
             resize_filter: self.resize_filter as i32,
             keep_metadata: self.keep_metadata,
+            input_size: 0,
         }
     }
 }

@@ -200,7 +200,7 @@ pub fn open_object(
                 });
             }
         };
-        let bytes = object.map(|message| match message {
+        let chunks = object.map(|message| match message {
             Ok(GetResponse {
                 payload: Some(get_response::Payload::Chunk(chunk)),
             }) => Ok(chunk),
@@ -209,6 +209,34 @@ pub fn open_object(
                 what: "a second info in the object stream",
             }),
             Err(status) => Err(ApiError::from_status(Upstream::Storage)(status)),
+        });
+        // The stream must add up to the size announced: one that ends short
+        // fails instead of passing for the whole object.
+        let size = info.size;
+        let bytes = stream::unfold((Box::pin(chunks), 0u64), move |(mut chunks, seen)| async move {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let seen = seen + chunk.len() as u64;
+                    let item = if seen > size {
+                        Err(ApiError::Protocol {
+                            upstream: Upstream::Storage,
+                            what: "the object stream carried more bytes than announced",
+                        })
+                    } else {
+                        Ok(chunk)
+                    };
+                    Some((item, (chunks, seen)))
+                }
+                Some(Err(error)) => Some((Err(error), (chunks, seen))),
+                None if seen != size => Some((
+                    Err(ApiError::Protocol {
+                        upstream: Upstream::Storage,
+                        what: "the object stream ended before its announced size",
+                    }),
+                    (chunks, size),
+                )),
+                None => None,
+            }
         });
         let bytes: ByteSource<'static> = Box::pin(bytes);
         Ok((info, bytes))
@@ -225,9 +253,11 @@ pub async fn read_object(upstreams: &Upstreams, namespace: Namespace, key: &str)
 pub async fn optimize_stored(
     upstreams: Upstreams,
     sha256: String,
-    options: OptimizeOptions,
+    mut options: OptimizeOptions,
 ) -> Result<(OptimizeHeader, Bytes), ApiError> {
-    let (_, original) = open_object(&upstreams, Namespace::Originals, &sha256).await?;
+    let (info, original) = open_object(&upstreams, Namespace::Originals, &sha256).await?;
+    // Lets the optimizer tell a whole upload from one cut short.
+    options.input_size = info.size;
     let mut optimizer = upstreams.optimizer();
     let (header, result) = feed(Upstream::Optimizer, Bytes::new(), original, move |chunks| {
         let first = OptimizeRequest {

@@ -13,6 +13,9 @@ pub enum OptimizeError {
     #[error("no image bytes were sent")]
     Empty,
 
+    #[error("the upload ended after {received} of the {declared} bytes its input_size announced")]
+    ShortUpload { received: u64, declared: u64 },
+
     #[error(
         "not a supported image: the bytes are not JPEG, PNG, WebP or GIF (AVIF is an output format only)"
     )]
@@ -70,7 +73,11 @@ impl From<OptimizeError> for Status {
             }
             OptimizeError::Busy { .. } => Status::resource_exhausted(error.to_string()),
             OptimizeError::Cancelled { .. } => Status::cancelled(error.to_string()),
-            _ => Status::invalid_argument(error.to_string()),
+            OptimizeError::ShortUpload { .. } => Status::aborted(error.to_string()),
+            _ => {
+                tracing::info!(error = %error, "call refused");
+                Status::invalid_argument(error.to_string())
+            }
         }
     }
 }

@@ -81,10 +81,13 @@ impl OptimizerService {
         &self,
         upload: &mut Streaming<OptimizeRequest>,
     ) -> Result<(Options, Bytes), OptimizeError> {
-        let options = match upload.message().await.map_err(OptimizeError::Upload)? {
+        let (options, declared) = match upload.message().await.map_err(OptimizeError::Upload)? {
             Some(OptimizeRequest {
                 payload: Some(optimize_request::Payload::Options(options)),
-            }) => Options::try_from(options)?,
+            }) => {
+                let declared = options.input_size;
+                (Options::try_from(options)?, declared)
+            }
             Some(_) => {
                 return Err(OptimizeError::BadStream(
                     "the first message must carry the options",
@@ -99,7 +102,13 @@ impl OptimizerService {
                     "only the first message may carry options",
                 ));
             };
-            if (input.len() + chunk.len()) as u64 > self.limits.max_input_bytes {
+            let total = (input.len() + chunk.len()) as u64;
+            if declared != 0 && total > declared {
+                return Err(OptimizeError::BadStream(
+                    "the upload carries more bytes than its input_size announced",
+                ));
+            }
+            if total > self.limits.max_input_bytes {
                 return Err(OptimizeError::TooManyBytes {
                     limit: self.limits.max_input_bytes,
                 });
@@ -109,6 +118,12 @@ impl OptimizerService {
             if had < media::SNIFF_LEN && input.len() >= media::SNIFF_LEN && media::sniff(&input).is_none() {
                 return Err(OptimizeError::UnsupportedFormat);
             }
+        }
+        if declared != 0 && input.len() as u64 != declared {
+            return Err(OptimizeError::ShortUpload {
+                received: input.len() as u64,
+                declared,
+            });
         }
         Ok((options, input.freeze()))
     }
@@ -192,10 +207,10 @@ impl Optimizer for OptimizerService {
         // Reached only if the call was not dropped half-way.
         let result = work.await;
         admission.finished = true;
-        if let Err(OptimizeError::Upload(status)) = &result {
-            // A reset upload stream is the client going away before the
-            // pipeline could start: the same event as a dropped call.
-            tracing::info!(%status, "call cancelled by the client: its upload broke off; no work was done");
+        if let Err(error @ (OptimizeError::Upload(_) | OptimizeError::ShortUpload { .. })) = &result {
+            // An upload reset or cut short is the client going away before
+            // the pipeline could start: the same event as a dropped call.
+            tracing::info!(%error, "call cancelled by the client: its upload broke off; no work was done");
         }
         let (input_bytes, output) = result?;
         let (display_width, display_height) = output.source.display_size();

@@ -234,6 +234,43 @@ async fn an_unspecified_format_follows_the_callers_accept_values() {
 }
 
 #[tokio::test]
+async fn an_upload_that_ends_short_of_its_declared_size_is_aborted() {
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    let jpeg = test_image("tiny_16x16.jpg");
+    let declared = |size: usize| OptimizeOptions {
+        input_size: size as u64,
+        ..Default::default()
+    };
+
+    // A clean end with bytes missing: refused, not decoded as a short image.
+    let status = optimize(&mut client, declared(jpeg.len() + 100), &jpeg)
+        .await
+        .expect_err("a short upload is refused");
+    assert_eq!(status.code(), tonic::Code::Aborted);
+    assert!(
+        status
+            .message()
+            .contains(&format!("{} of the {}", jpeg.len(), jpeg.len() + 100)),
+        "{}",
+        status.message()
+    );
+    let status = optimize(&mut client, declared(10), &jpeg)
+        .await
+        .expect_err("a longer upload is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("input_size"), "{}", status.message());
+
+    // The exact size, or none at all, is accepted.
+    optimize(&mut client, declared(jpeg.len()), &jpeg)
+        .await
+        .expect("exact size");
+    optimize(&mut client, declared(0), &jpeg)
+        .await
+        .expect("size not given");
+}
+
+#[tokio::test]
 async fn bad_input_gets_invalid_argument_naming_the_problem() {
     let process = start(&[]);
     let mut client = client(&process).await;

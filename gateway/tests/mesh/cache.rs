@@ -133,6 +133,7 @@ async fn each_tier_misses_then_hits_and_fills_the_tiers_above_it() {
     assert!((86_000..=86_400).contains(&ttl), "TTL {ttl}");
 
     // Gone from Redis: Storage has it, and Redis is filled again.
+    mesh.until_result_stored(&key).await;
     redis_command(&redis, &["DEL", &redis_key]);
     let from_store = upload(&mesh, &photo, "format=jpeg", None).await;
     assert_eq!(from_store.cache, "HIT-STORE");
@@ -350,8 +351,10 @@ async fn redis_stopping_slowing_and_returning_never_fails_a_request() {
     let photo = test_image(TINY);
     let body = until_redis(&mesh, "SERVING").await;
     assert_eq!(body["status"], "ready");
-    assert_eq!(upload(&mesh, &photo, "format=jpeg", None).await.cache, "MISS");
+    let first = upload(&mesh, &photo, "format=jpeg", None).await;
+    assert_eq!(first.cache, "MISS");
     until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+    mesh.until_result_stored(first.etag.trim_matches('"')).await;
 
     // Redis gone: served from storage, ready but degraded.
     redis.stop();

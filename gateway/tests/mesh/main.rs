@@ -64,6 +64,25 @@ impl Mesh {
             .expect("GET reaches the gateway")
     }
 
+    /// Waits until Storage keeps the result `key` (written in the
+    /// background after the response) and returns its description.
+    pub async fn until_result_stored(&self, key: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let response = self
+                .get(&format!("/v1/objects/{key}?namespace=NAMESPACE_RESULTS"))
+                .await;
+            if response.status() == 200 {
+                return response.json().await.expect("JSON");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "result {key} never reached storage"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.process.url("gateway"))
     }

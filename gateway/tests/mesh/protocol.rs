@@ -152,17 +152,7 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
     );
     assert_eq!(original["info"]["media_type"], "image/jpeg");
 
-    // The result lands in Storage in the background.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let result = loop {
-        let response = mesh
-            .get(&format!("/v1/objects/{key}?namespace=NAMESPACE_RESULTS"))
-            .await;
-        if response.status() == 200 || Instant::now() > deadline {
-            break response.json::<serde_json::Value>().await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let result = mesh.until_result_stored(&key).await;
     assert_eq!(result["info"]["sha256"], key.as_str());
 
     let encoded = base64(&photo);
