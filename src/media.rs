@@ -36,6 +36,35 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
     }
 }
 
+/// The formats the optimizer decodes; anything else is refused before it
+/// is stored.
+pub const INPUT_FORMATS: [ImageFormat; 4] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::Webp,
+    ImageFormat::Gif,
+];
+
+/// [`INPUT_FORMATS`] as messages list them.
+pub const INPUT_FORMATS_TEXT: &str = "JPEG, PNG, WebP or GIF";
+
+/// Whether the optimizer can decode `format`.
+pub fn is_input(format: ImageFormat) -> bool {
+    INPUT_FORMATS.contains(&format)
+}
+
+/// The format's usual name, e.g. `AVIF`.
+pub fn name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::Gif => "GIF",
+        ImageFormat::Webp => "WebP",
+        ImageFormat::Avif => "AVIF",
+        ImageFormat::Unspecified => "unknown",
+    }
+}
+
 /// The media type for `format`, e.g. `image/jpeg`.
 pub fn media_type(format: ImageFormat) -> &'static str {
     match format {
@@ -69,5 +98,11 @@ mod tests {
         assert_eq!(sniff(b"<svg"), None);
         assert_eq!(sniff(&[0xFF, 0xD8]), None);
         assert_eq!(sniff_media_type(b"hello"), OCTET_STREAM);
+        assert!(
+            INPUT_FORMATS
+                .iter()
+                .all(|f| INPUT_FORMATS_TEXT.contains(name(*f)))
+        );
+        assert!(!is_input(ImageFormat::Avif));
     }
 }

@@ -190,6 +190,15 @@ impl Options {
         self.format == ImageFormat::Unspecified
     }
 
+    /// The same options with the output format settled: `Unspecified` now
+    /// means decided by the image alone (PNG when it has transparency, else
+    /// JPEG), whatever the caller accepts.
+    pub fn with_format(mut self, format: ImageFormat) -> Self {
+        self.format = format;
+        self.accept.clear();
+        self
+    }
+
     /// The options as a deterministic byte string: defaults written out,
     /// the format negotiated, and settings that cannot change the output
     /// zeroed. Two requests with equal canonical bytes get identical images

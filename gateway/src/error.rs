@@ -1,15 +1,23 @@
 //! Errors as HTTP clients see them: a status and `{"code", "message"}`,
 //! with gRPC codes mapped to HTTP the way grpc-gateway does.
+//!
+//! What an upstream says stays upstream: its status message and transport
+//! errors go to the log with their whole cause chain, and the client gets
+//! the gateway's own words for the code, or the text the upstream marked
+//! as meant for end users (`google.rpc.LocalizedMessage`), such as which
+//! image limit was passed.
 
-use axum::{
-    Json,
-    response::{IntoResponse, Response},
-};
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use nws_runtime::{
+    grpc::status::user_message,
+    http::{code_name, http_status, json_error},
+};
+use nws_watermark::{media, stream::StreamError};
 use tonic::Code;
 
 /// Which upstream a gRPC error came from, for messages and logs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upstream {
     Optimizer,
     Storage,
@@ -37,7 +45,8 @@ impl std::fmt::Display for Upstream {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
-    #[error("{upstream}: {}", status.message())]
+    /// An upstream failed the call, or the call never reached it.
+    #[error("{upstream}: {status}")]
     Upstream {
         upstream: Upstream,
         status: tonic::Status,
@@ -46,8 +55,12 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
 
-    #[error("unsupported media: the upload is not a JPEG, PNG, WebP or GIF image")]
-    UnsupportedMedia,
+    #[error(
+        "unsupported media: {}; send {}",
+        .detected.map_or_else(|| "the upload is not an image".to_owned(), |f| format!("{f} images are not accepted as input")),
+        media::INPUT_FORMATS_TEXT
+    )]
+    UnsupportedMedia { detected: Option<&'static str> },
 
     #[error("request body exceeds the {limit}-byte limit (NWS_MAX_UPLOAD_BYTES)")]
     PayloadTooLarge { limit: u64 },
@@ -67,105 +80,128 @@ impl ApiError {
         move |status| Self::Upstream { upstream, status }
     }
 
+    pub fn from_stream(upstream: Upstream) -> impl FnOnce(StreamError) -> Self {
+        move |error| match error {
+            StreamError::Status(status) => Self::Upstream { upstream, status },
+            StreamError::Protocol(what) => Self::Protocol { upstream, what },
+        }
+    }
+
+    /// The gRPC code of an upstream's refusal, if that is what this is.
+    pub fn upstream_code(&self, from: Upstream) -> Option<Code> {
+        match self {
+            ApiError::Upstream { upstream, status } if *upstream == from => Some(status.code()),
+            _ => None,
+        }
+    }
+
     fn code_and_status(&self) -> (Code, StatusCode) {
         match self {
             ApiError::Upstream { status, .. } => (status.code(), http_status(status.code())),
             ApiError::BadRequest(_) => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
-            ApiError::UnsupportedMedia => (Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ApiError::UnsupportedMedia { .. } => (Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE),
             ApiError::PayloadTooLarge { .. } => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::Protocol { .. } => (Code::Internal, StatusCode::BAD_GATEWAY),
             ApiError::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND),
             ApiError::BodyTimeout(_) => (Code::DeadlineExceeded, StatusCode::REQUEST_TIMEOUT),
         }
     }
-}
 
-/// The HTTP status for a gRPC code, as grpc-gateway maps them.
-pub fn http_status(code: Code) -> StatusCode {
-    match code {
-        Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    /// What the HTTP client reads.
+    fn client_message(&self) -> String {
+        match self {
+            ApiError::Upstream { upstream, status } => {
+                user_message(status).unwrap_or_else(|| stable_message(*upstream, status.code()))
+            }
+            ApiError::Protocol { upstream, .. } => format!("the {upstream} service answered incorrectly"),
+            other => other.to_string(),
+        }
     }
 }
 
-/// The canonical name of a gRPC code, e.g. `INVALID_ARGUMENT`.
-pub fn code_name(code: Code) -> &'static str {
+/// The gateway's own words for an upstream's status code.
+fn stable_message(upstream: Upstream, code: Code) -> String {
     match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::Unavailable => format!("the {upstream} service is unavailable; retry shortly"),
+        Code::DeadlineExceeded => {
+            format!("the {upstream} service did not answer in time (NWS_UPSTREAM_TIMEOUT)")
+        }
+        Code::ResourceExhausted => format!("the {upstream} service is busy; retry shortly"),
+        Code::Cancelled => "the request was cancelled".to_owned(),
+        Code::NotFound => "not found".to_owned(),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            format!("the {upstream} service refused the request")
+        }
+        Code::AlreadyExists | Code::Aborted => {
+            format!("the {upstream} service could not complete the request; retry it")
+        }
+        Code::Unauthenticated => "authentication is required".to_owned(),
+        Code::PermissionDenied => "this is not allowed".to_owned(),
+        Code::Unimplemented => format!("the {upstream} service does not offer this"),
+        Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
+            format!("the {upstream} service failed")
+        }
     }
 }
 
-/// A JSON error response.
-pub fn json_error(status: StatusCode, code: Code, message: &str) -> Response {
-    let body = serde_json::json!({ "code": code_name(code), "message": message });
-    (status, Json(body)).into_response()
+/// An error and all its causes, for the log.
+fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, status) = self.code_and_status();
+        let message = self.client_message();
+        let detail = cause_chain(&self);
         if status.is_server_error() {
-            tracing::error!(error = %self, code = code_name(code), "request failed");
+            tracing::error!(error = %detail, code = code_name(code), "request failed");
         } else {
-            tracing::info!(error = %self, code = code_name(code), "request refused");
+            tracing::info!(error = %detail, code = code_name(code), "request refused");
         }
-        json_error(status, code, &self.to_string())
+        json_error(status, code, &message)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use nws_runtime::grpc::status::for_user;
+
     use super::*;
 
     #[test]
-    fn codes_map_like_grpc_gateway() {
-        let expected = [
-            (Code::InvalidArgument, 400),
-            (Code::FailedPrecondition, 400),
-            (Code::OutOfRange, 400),
-            (Code::Unauthenticated, 401),
-            (Code::PermissionDenied, 403),
-            (Code::NotFound, 404),
-            (Code::AlreadyExists, 409),
-            (Code::Aborted, 409),
-            (Code::ResourceExhausted, 429),
-            (Code::Cancelled, 499),
-            (Code::Unimplemented, 501),
-            (Code::Unavailable, 503),
-            (Code::DeadlineExceeded, 504),
-            (Code::Unknown, 500),
-            (Code::Internal, 500),
-            (Code::DataLoss, 500),
-        ];
-        for (code, status) in expected {
-            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
-        }
-        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+    fn upstream_text_stays_upstream_unless_meant_for_users() {
+        let internal = ApiError::Upstream {
+            upstream: Upstream::Storage,
+            status: tonic::Status::unavailable("open /var/lib/nws/originals/ab: Input/output error"),
+        };
+        assert_eq!(
+            internal.client_message(),
+            "the storage service is unavailable; retry shortly"
+        );
+        assert!(
+            cause_chain(&internal).contains("/var/lib/nws"),
+            "the log keeps it"
+        );
+
+        let refusal = ApiError::Upstream {
+            upstream: Upstream::Optimizer,
+            status: for_user(Code::InvalidArgument, "the image is 9×9, over the limit"),
+        };
+        assert_eq!(refusal.client_message(), "the image is 9×9, over the limit");
+        assert_eq!(refusal.code_and_status().1, StatusCode::BAD_REQUEST);
+
+        let broken = ApiError::from_stream(Upstream::Optimizer)(StreamError::Protocol("short"));
+        assert_eq!(
+            broken.client_message(),
+            "the optimizer service answered incorrectly"
+        );
     }
 }

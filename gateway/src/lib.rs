@@ -1,18 +1,17 @@
-//! NWS Watermark gateway: HTTP/JSON for browsers and other HTTP clients in
-//! front of the Optimizer and Storage gRPC services, with the result cache
-//! tiers, and [`mesh`], which runs the whole mesh in one process.
+//! NWS Watermark gateway: the HTTP/JSON edge in front of the Optimizer and
+//! Storage gRPC services, with the result cache tiers. It links no image
+//! codec and no storage client: everything heavy happens upstream.
 #![forbid(unsafe_code)]
 
-mod cache;
 pub mod config;
 pub mod error;
-pub mod mesh;
 mod openapi;
+mod query;
+mod results;
 mod routes;
-mod server;
 mod timing;
 mod transcode;
-mod transfer;
+mod upload;
 mod upstream;
 
 use std::{net::SocketAddr, time::Duration};
@@ -20,22 +19,22 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use axum::Router;
 use http::Uri;
-use tokio::net::TcpListener;
+use nws_runtime::http::{HttpConfig, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 pub use config::GatewayConfig;
 
 use crate::{
-    cache::{RedisTier, ResultCache},
-    routes::{AppState, HttpLimits, Shared},
+    results::{RedisTier, Results},
+    routes::{AppState, Shared},
     upstream::Upstreams,
 };
 
 /// The HTTP gateway, bound and ready to serve.
 pub struct App {
-    listener: TcpListener,
+    server: HttpServer,
     router: Router,
-    header_read_timeout: Duration,
+    http: HttpConfig,
     redis: Option<RedisTier>,
 }
 
@@ -45,7 +44,7 @@ pub struct App {
 pub async fn build(config: &GatewayConfig, optimizer: Uri, storage: Uri) -> anyhow::Result<App> {
     let redis = config
         .redis_url
-        .as_deref()
+        .as_ref()
         .map(|url| {
             RedisTier::new(
                 url,
@@ -57,24 +56,24 @@ pub async fn build(config: &GatewayConfig, optimizer: Uri, storage: Uri) -> anyh
         .transpose()?;
     let bindings = transcode::bindings(nws_watermark::pb::FILE_DESCRIPTOR_SET)
         .context("gateway: the google.api.http annotations in proto/")?;
-    let listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("gateway: cannot listen on {} (NWS_HTTP_ADDR)", config.http_addr))?;
+    let server = HttpServer::bind("gateway", config.http_addr).await?;
     let upstreams = Upstreams::connect_lazy(optimizer, storage, config.upstream_timeout);
     let state = AppState::new(Shared {
-        cache: ResultCache::new(config.cache_memory, redis.clone(), upstreams.clone()),
+        results: Results::new(
+            config.cache_memory,
+            redis.clone(),
+            upstreams.clone(),
+            config.background_renders,
+        ),
         upstreams,
         max_upload_bytes: config.max_upload_bytes,
-        body_read_timeout: config.body_read_timeout,
+        body_read_timeout: config.http.body_read_timeout,
+        auto_avif: config.auto_avif,
     });
-    let limits = HttpLimits {
-        max_concurrent_requests: config.max_concurrent_requests,
-        body_read_timeout: config.body_read_timeout,
-    };
     Ok(App {
-        listener,
-        router: routes::router(state, &bindings, &limits),
-        header_read_timeout: config.header_read_timeout,
+        server,
+        router: routes::router(state, &bindings, &config.http),
+        http: config.http.clone(),
         redis,
     })
 }
@@ -82,9 +81,7 @@ pub async fn build(config: &GatewayConfig, optimizer: Uri, storage: Uri) -> anyh
 impl App {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.server.local_addr()
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (h2c) until `shutdown` completes, then
@@ -94,11 +91,10 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
         drain_timeout: Duration,
     ) -> anyhow::Result<()> {
-        tracing::info!(service = "gateway", addr = %self.local_addr(), "listening");
         let Self {
-            listener,
+            server,
             router,
-            header_read_timeout,
+            http,
             redis,
         } = self;
         let watching = CancellationToken::new();
@@ -106,13 +102,8 @@ impl App {
             tokio::spawn(redis.watch(watching.clone()));
         }
         let _stop_watching = watching.drop_guard();
-        nws_watermark::shutdown::serve_with_drain(
-            "gateway",
-            |stop| server::serve(listener, router, header_read_timeout, stop),
-            shutdown,
-            async {},
-            drain_timeout,
-        )
-        .await
+        server
+            .run_until_stopped(router, &http, shutdown, drain_timeout)
+            .await
     }
 }

@@ -3,8 +3,9 @@
 //! them, so the document cannot drift from what is served; the image
 //! routes, which stream bytes rather than JSON, are described here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use nws_watermark::params::{self, PARAMS};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Value, json};
 
@@ -14,7 +15,19 @@ pub fn document(bindings: &[Binding]) -> Value {
     let mut paths = hand_written_paths();
     let mut schemas = BTreeMap::new();
     schemas.insert("Error".to_owned(), error_schema());
+    // Operation ids as grpc-gateway writes them (`Storage_Stat`, then
+    // `Storage_Stat2` for an additional binding): unique, and valid
+    // identifiers for client generators.
+    let mut bindings_seen: HashMap<String, usize> = HashMap::new();
     for binding in bindings {
+        let method = &binding.method;
+        let base = format!("{}_{}", method.parent_service().name(), method.name());
+        let seen = bindings_seen.entry(base.clone()).or_default();
+        *seen += 1;
+        let operation_id = match *seen {
+            1 => base,
+            n => format!("{base}{n}"),
+        };
         let input = binding.method.input();
         let output = binding.method.output();
         collect_schemas(&output, &mut schemas);
@@ -38,7 +51,7 @@ pub fn document(bindings: &[Binding]) -> Value {
             }
         }
         let mut operation = json!({
-            "operationId": binding.method.full_name(),
+            "operationId": operation_id,
             "summary": format!("{} (gRPC {}, transcoded)", binding.method.name(), binding.method.full_name()),
             "parameters": parameters,
             "responses": {
@@ -143,56 +156,10 @@ fn error_response() -> Value {
 }
 
 fn hand_written_paths() -> BTreeMap<String, Value> {
-    let option = |name: &str, description: &str, schema: Value| json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema });
-    let options = json!([
-        option(
-            "wm_text",
-            "watermark text, at most 200 characters (default \"NWS Watermark\")",
-            json!({ "type": "string" })
-        ),
-        option(
-            "wm_position",
-            "where the mark goes",
-            json!({ "enum": ["bottom-right", "bottom-left", "top-right", "top-left", "center"] })
-        ),
-        option(
-            "wm_opacity",
-            "text opacity, more than 0 up to 1 (default 0.85)",
-            json!({ "type": "number" })
-        ),
-        option(
-            "wm_tiled",
-            "repeat the text across the image",
-            json!({ "type": "boolean" })
-        ),
-        option(
-            "format",
-            "output format; auto (default) picks AVIF, WebP or JPEG from Accept",
-            json!({ "enum": ["auto", "avif", "webp", "jpeg", "png"] })
-        ),
-        option("quality", "1 to 100 (default 85)", json!({ "type": "integer" })),
-        option("progressive", "progressive JPEG", json!({ "type": "boolean" })),
-        option(
-            "max_width",
-            "box width (default 1920)",
-            json!({ "type": "integer" })
-        ),
-        option(
-            "max_height",
-            "box height (default 1080)",
-            json!({ "type": "integer" })
-        ),
-        option(
-            "resize",
-            "resampling filter",
-            json!({ "enum": ["lanczos3", "fast"] })
-        ),
-        option(
-            "keep_metadata",
-            "keep EXIF (JPEG to JPEG)",
-            json!({ "type": "boolean" })
-        ),
-    ]);
+    let options: Vec<Value> = PARAMS
+        .iter()
+        .map(|param| json!({ "name": param.name, "in": "query", "required": false, "description": param.description, "schema": param_schema(param.kind) }))
+        .collect();
     let image_headers = json!({
         "X-Cache": { "description": "HIT-L1, HIT-L2, HIT-STORE, MISS or COALESCED", "schema": { "type": "string" } },
         "ETag": { "description": "the result key, quoted", "schema": { "type": "string" } },
@@ -201,8 +168,9 @@ fn hand_written_paths() -> BTreeMap<String, Value> {
     });
     let image = json!({ "image/*": { "schema": { "type": "string", "format": "binary" } } });
     let upload = json!({
+        "operationId": "Watermark",
         "summary": "Watermark an image",
-        "description": "The image as multipart/form-data (file field `image`, options as fields in any order) or as the raw body with options in the query. The original is stored by its SHA-256; the result is cached under its key.",
+        "description": "The image as multipart/form-data (file field `image`, options as fields in any order or in the query) or as the raw body with options in the query. Unknown option names are refused with 400. The original is stored by its SHA-256; the result is cached under its key.",
         "parameters": options,
         "requestBody": { "required": true, "content": {
             "multipart/form-data": { "schema": { "type": "object", "required": ["image"], "properties": { "image": { "type": "string", "format": "binary" } } } },
@@ -220,11 +188,12 @@ fn hand_written_paths() -> BTreeMap<String, Value> {
         ("/v1/watermark".to_owned(), json!({ "post": upload })),
         (
             "/upload".to_owned(),
-            json!({ "post": { "summary": "The Go original's name for POST /v1/watermark", "responses": { "200": { "description": "as /v1/watermark" } } } }),
+            json!({ "post": { "operationId": "Upload", "summary": "The Go original's name for POST /v1/watermark", "responses": { "200": { "description": "as /v1/watermark" } } } }),
         ),
         (
             "/v1/images/{key}".to_owned(),
             json!({ "get": {
+            "operationId": "GetResult",
             "summary": "A result by its key (immutable; If-None-Match gives 304)",
             "parameters": [hash("key")],
             "responses": { "200": { "description": "the image", "headers": image_headers, "content": image }, "304": { "description": "not modified" }, "404": error_response(), "default": error_response() },
@@ -233,6 +202,7 @@ fn hand_written_paths() -> BTreeMap<String, Value> {
         (
             "/image/{sha256}".to_owned(),
             json!({ "get": {
+            "operationId": "GetOriginal",
             "summary": "A stored original",
             "parameters": [hash("sha256")],
             "responses": { "200": { "description": "the original", "content": image }, "404": error_response() },
@@ -241,6 +211,7 @@ fn hand_written_paths() -> BTreeMap<String, Value> {
         (
             "/status/{sha256}".to_owned(),
             json!({ "get": {
+            "operationId": "GetStatus",
             "summary": "A stored original's description (the Go original's route)",
             "parameters": [hash("sha256")],
             "responses": { "200": { "description": "sha256, size, media_type, created, url" }, "404": error_response() },
@@ -248,15 +219,37 @@ fn hand_written_paths() -> BTreeMap<String, Value> {
         ),
         (
             "/healthz".to_owned(),
-            json!({ "get": { "summary": "Liveness", "responses": health } }),
+            json!({ "get": { "operationId": "Live", "summary": "Liveness", "responses": health } }),
         ),
         (
             "/readyz".to_owned(),
-            json!({ "get": { "summary": "Readiness: upstreams serving; Redis down means degraded, still ready", "responses": health } }),
+            json!({ "get": { "operationId": "Ready", "summary": "Readiness: upstreams serving; Redis down means degraded, still ready", "responses": health } }),
         ),
         (
             "/openapi.json".to_owned(),
-            json!({ "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }),
+            json!({ "get": { "operationId": "OpenApi", "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }),
         ),
     ])
+}
+
+/// The schema of an upload option, with its default and range from the
+/// same table the parser uses.
+fn param_schema(kind: params::Kind) -> Value {
+    match kind {
+        params::Kind::Text { max_chars, default } => {
+            json!({ "type": "string", "maxLength": max_chars, "default": default })
+        }
+        params::Kind::Choice { values, default } => {
+            json!({ "type": "string", "enum": values, "default": default })
+        }
+        params::Kind::Integer { min, max, default } => {
+            json!({ "type": "integer", "minimum": min, "maximum": max, "default": default })
+        }
+        params::Kind::Fraction { default } => {
+            // As written in the source (0.85), not as the f32 widens.
+            let default = (f64::from(default) * 1000.0).round() / 1000.0;
+            json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": default })
+        }
+        params::Kind::Flag => json!({ "type": "boolean", "default": false }),
+    }
 }

@@ -214,7 +214,7 @@ async fn call(
         set_from_text(&mut message, field, value)?;
     }
     if binding.body != "*" {
-        for (name, value) in crate::routes::query_pairs(query.as_deref())? {
+        for (name, value) in crate::query::pairs(query.as_deref())? {
             if binding.path_fields.contains(&name) {
                 return Err(ApiError::BadRequest(format!(
                     "{name} is already given in the path"
@@ -228,7 +228,7 @@ async fn call(
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
-        .map_err(|e| ApiError::from_status(binding.upstream)(Status::unavailable(e.to_string())))?;
+        .map_err(|e| ApiError::from_status(binding.upstream)(Status::from_error(e.into())))?;
     let path: PathAndQuery = format!(
         "/{}/{}",
         binding.method.parent_service().full_name(),

@@ -1,39 +1,37 @@
-//! Connections to the Optimizer and Storage services.
+//! Calls to the Optimizer and Storage services: each with the configured
+//! deadline, each error tagged with the upstream that produced it.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Uri;
-use nws_watermark::pb::{optimizer_client::OptimizerClient, storage_client::StorageClient};
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+use nws_runtime::grpc::client::{Unready, UpstreamChannel, channel, check_health};
+use nws_watermark::{
+    pb::{
+        DeleteRequest, GetRequest, Namespace, ObjectInfo, OptimizeHeader, PutResponse, RenderPriority,
+        StatRequest, optimizer_client::OptimizerClient, storage_client::StorageClient,
+    },
+    render::RenderJob,
+    stream::{self, ByteStream},
 };
 
-use crate::error::Upstream;
+use crate::error::{ApiError, Upstream};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest result the gateway holds to serve and cache. The optimizer's
+/// box is at most 8192² pixels, whose PNG can approach this.
+const MAX_RESULT_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Clients for both upstreams. Channels connect lazily and reconnect by
-/// themselves, so the gateway starts (and reports not ready) while an
-/// upstream is down, and recovers when it returns.
+/// Clients for both upstreams, over channels that connect lazily and
+/// reconnect by themselves.
 #[derive(Clone)]
 pub struct Upstreams {
-    optimizer: Channel,
-    storage: Channel,
+    optimizer: UpstreamChannel,
+    storage: UpstreamChannel,
     timeout: Duration,
 }
 
 impl Upstreams {
     pub fn connect_lazy(optimizer: Uri, storage: Uri, timeout: Duration) -> Self {
-        let channel = |uri: Uri| {
-            Endpoint::from(uri)
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true)
-                .connect_lazy()
-        };
         Self {
             optimizer: channel(optimizer),
             storage: channel(storage),
@@ -41,18 +39,14 @@ impl Upstreams {
         }
     }
 
-    pub fn channel(&self, upstream: Upstream) -> Channel {
+    pub fn channel(&self, upstream: Upstream) -> UpstreamChannel {
         match upstream {
             Upstream::Optimizer => self.optimizer.clone(),
             Upstream::Storage => self.storage.clone(),
         }
     }
 
-    pub fn optimizer(&self) -> OptimizerClient<Channel> {
-        OptimizerClient::new(self.optimizer.clone())
-    }
-
-    pub fn storage(&self) -> StorageClient<Channel> {
+    pub fn storage(&self) -> StorageClient<UpstreamChannel> {
         StorageClient::new(self.storage.clone())
     }
 
@@ -64,28 +58,97 @@ impl Upstreams {
         request
     }
 
+    /// Has the optimizer render `job` from the original Storage keeps, and
+    /// keep the result there. Returns the result once its last byte is in:
+    /// the optimizer's write to Storage finishes on its own.
+    pub async fn render(
+        &self,
+        job: &RenderJob,
+        priority: RenderPriority,
+    ) -> Result<(OptimizeHeader, Bytes), ApiError> {
+        let failed = ApiError::from_stream(Upstream::Optimizer);
+        let responses = OptimizerClient::new(self.optimizer.clone())
+            .render(self.request(job.request(true, priority)))
+            .await
+            .map_err(ApiError::from_status(Upstream::Optimizer))?
+            .into_inner();
+        let (header, bytes) = stream::open(responses).await.map_err(failed)?;
+        let bytes = stream::collect(bytes, header.size, MAX_RESULT_BYTES)
+            .await
+            .map_err(ApiError::from_stream(Upstream::Optimizer))?;
+        Ok((header, bytes))
+    }
+
+    /// Opens a stored object: its description, then its bytes as a stream.
+    /// The future borrows nothing, so it can run on behalf of other requests.
+    pub fn open(
+        &self,
+        namespace: Namespace,
+        key: &str,
+    ) -> impl Future<Output = Result<(ObjectInfo, ByteStream), ApiError>> + Send + 'static {
+        let mut storage = self.storage();
+        let request = self.request(GetRequest {
+            sha256: key.to_owned(),
+            namespace: namespace.into(),
+        });
+        async move {
+            let responses = storage
+                .get(request)
+                .await
+                .map_err(ApiError::from_status(Upstream::Storage))?
+                .into_inner();
+            stream::open(responses)
+                .await
+                .map_err(ApiError::from_stream(Upstream::Storage))
+        }
+    }
+
+    /// A stored object's bytes, whole.
+    pub async fn read(&self, namespace: Namespace, key: &str) -> Result<Bytes, ApiError> {
+        let (info, bytes) = self.open(namespace, key).await?;
+        stream::collect(bytes, info.size, MAX_RESULT_BYTES)
+            .await
+            .map_err(ApiError::from_stream(Upstream::Storage))
+    }
+
+    /// A stored object's description.
+    pub async fn stat(&self, namespace: Namespace, key: &str) -> Result<ObjectInfo, ApiError> {
+        self.storage()
+            .stat(self.request(StatRequest {
+                sha256: key.to_owned(),
+                namespace: namespace.into(),
+            }))
+            .await
+            .map_err(ApiError::from_status(Upstream::Storage))?
+            .into_inner()
+            .info
+            .ok_or(ApiError::Protocol {
+                upstream: Upstream::Storage,
+                what: "Stat answered without the object's info",
+            })
+    }
+
+    /// Removes an original that turned out to be no image the optimizer can
+    /// read, unless an earlier upload stored it.
+    pub async fn forget_original(&self, original: &PutResponse) {
+        if original.deduplicated {
+            return;
+        }
+        let request = self.request(DeleteRequest {
+            sha256: original.sha256.clone(),
+            namespace: Namespace::Originals.into(),
+        });
+        if let Err(status) = self.storage().delete(request).await {
+            tracing::warn!(sha256 = %original.sha256, %status, "could not remove an unreadable upload");
+        }
+    }
+
     /// Each upstream's answer to its gRPC health check.
-    pub async fn readiness(&self) -> [(Upstream, Result<(), String>); 2] {
+    pub async fn readiness(&self) -> [(Upstream, Result<(), Unready>); 2] {
         let (optimizer, storage) = tokio::join!(
-            check(self.optimizer.clone(), "watermark.v1.Optimizer"),
-            check(self.storage.clone(), "watermark.v1.Storage"),
+            check_health(self.optimizer.clone(), "watermark.v1.Optimizer"),
+            check_health(self.storage.clone(), "watermark.v1.Storage"),
         );
         [(Upstream::Optimizer, optimizer), (Upstream::Storage, storage)]
-    }
-}
-
-async fn check(channel: Channel, service: &str) -> Result<(), String> {
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: service.to_owned(),
-    });
-    request.set_timeout(HEALTH_TIMEOUT);
-    let mut client = HealthClient::new(channel);
-    match tokio::time::timeout(HEALTH_TIMEOUT, client.check(request)).await {
-        Err(_) => Err("health check timed out".to_owned()),
-        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-        Ok(Ok(response)) => match response.into_inner().status() {
-            ServingStatus::Serving => Ok(()),
-            other => Err(format!("reports {}", other.as_str_name())),
-        },
     }
 }

@@ -5,10 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nws_watermark::{
-    pb::{ImageFormat, Position, ResizeFilter},
-    testing::test_image,
-};
+use nws_runtime::testing::test_image;
+use nws_watermark::pb::{ImageFormat, Position, ResizeFilter};
 use optimizer_svc::pipeline::{self, Limits, Options, decode, encode, fit_within, resize, watermark};
 use tokio_util::sync::CancellationToken;
 

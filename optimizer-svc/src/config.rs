@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use clap::Args;
-use nws_watermark::config::parse_size;
+use nws_runtime::config::parse_size;
 
 /// Optimizer settings; flags with `NWS_*` environment fallbacks.
 #[derive(Debug, Clone, Args)]

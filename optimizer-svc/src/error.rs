@@ -1,4 +1,6 @@
-use tonic::Status;
+use nws_runtime::grpc::status::for_user;
+use nws_watermark::{media::INPUT_FORMATS_TEXT, stream::StreamError};
+use tonic::{Code, Status};
 
 /// Everything an Optimizer call can fail with; [`From<OptimizeError> for
 /// Status`] is the one place that turns it into a gRPC status.
@@ -16,9 +18,7 @@ pub enum OptimizeError {
     #[error("the upload ended after {received} of the {declared} bytes its input_size announced")]
     ShortUpload { received: u64, declared: u64 },
 
-    #[error(
-        "not a supported image: the bytes are not JPEG, PNG, WebP or GIF (AVIF is an output format only)"
-    )]
+    #[error("not a supported image: the bytes are not {INPUT_FORMATS_TEXT}")]
     UnsupportedFormat,
 
     #[error("the image is larger than the {limit}-byte input limit (NWS_MAX_INPUT_BYTES)")]
@@ -47,10 +47,22 @@ pub enum OptimizeError {
     )]
     Busy { admitted: usize },
 
+    #[error("no worker is idle for a background render; it runs only on an idle worker")]
+    NoIdleWorker,
+
     /// The caller left (cancelled, or its deadline passed): nobody reads
     /// this error, it only stops the work.
     #[error("the call was cancelled before the {stage} stage")]
     Cancelled { stage: &'static str },
+
+    #[error("Render needs Storage: this optimizer has none (set NWS_STORAGE_URL)")]
+    NoStorage,
+
+    #[error("no original with hash {0} is stored")]
+    OriginalNotFound(String),
+
+    #[error("reading the original from storage failed: {0}")]
+    Storage(#[source] StreamError),
 
     #[error("the image could not be processed")]
     Internal(#[source] anyhow::Error),
@@ -64,19 +76,35 @@ impl From<nws_watermark::options::BadOptions> for OptimizeError {
 
 impl From<OptimizeError> for Status {
     fn from(error: OptimizeError) -> Self {
+        let message = error.to_string();
         match &error {
-            OptimizeError::Upload(status) => Status::new(status.code(), error.to_string()),
+            OptimizeError::Upload(status) => Status::new(status.code(), message),
             OptimizeError::Internal(cause) => {
                 // The client gets a short message; the cause chain goes to the logs.
-                tracing::error!(error = %error, cause = format!("{cause:#}"), "optimizer failure");
-                Status::internal(error.to_string())
+                tracing::error!(error = %message, cause = format!("{cause:#}"), "optimizer failure");
+                Status::internal(message)
             }
-            OptimizeError::Busy { .. } => Status::resource_exhausted(error.to_string()),
-            OptimizeError::Cancelled { .. } => Status::cancelled(error.to_string()),
-            OptimizeError::ShortUpload { .. } => Status::aborted(error.to_string()),
-            _ => {
-                tracing::info!(error = %error, "call refused");
-                Status::invalid_argument(error.to_string())
+            OptimizeError::Storage(cause) => {
+                tracing::error!(error = %message, %cause, "storage failure");
+                Status::unavailable(message)
+            }
+            OptimizeError::NoStorage => Status::failed_precondition(message),
+            OptimizeError::Busy { .. } | OptimizeError::NoIdleWorker => {
+                for_user(Code::ResourceExhausted, message)
+            }
+            OptimizeError::Cancelled { .. } => Status::cancelled(message),
+            OptimizeError::ShortUpload { .. } => for_user(Code::Aborted, message),
+            OptimizeError::OriginalNotFound(_) => for_user(Code::NotFound, message),
+            OptimizeError::BadOptions(_)
+            | OptimizeError::BadStream(_)
+            | OptimizeError::Empty
+            | OptimizeError::UnsupportedFormat
+            | OptimizeError::TooManyBytes { .. }
+            | OptimizeError::TooManyPixels { .. }
+            | OptimizeError::SideTooLong { .. }
+            | OptimizeError::Corrupt(_) => {
+                tracing::info!(error = %message, "call refused");
+                for_user(Code::InvalidArgument, message)
             }
         }
     }

@@ -1,26 +1,37 @@
 //! NWS Watermark Optimizer: decode → fit the box → adaptive text watermark →
-//! encode, served over gRPC.
+//! encode, served over gRPC. Images arrive in the call (`Optimize`) or are
+//! read from Storage by their hash (`Render`, which can keep the result
+//! there too).
 #![forbid(unsafe_code)]
 
 mod config;
 mod error;
 pub mod pipeline;
 mod service;
+mod storage;
 
-use nws_watermark::{grpc::GrpcServer, pb::optimizer_server::OptimizerServer};
+use http::Uri;
+use nws_runtime::grpc::GrpcServer;
+use nws_watermark::pb::optimizer_server::OptimizerServer;
 
 pub use config::OptimizerConfig;
 pub use error::OptimizeError;
 
-use crate::service::OptimizerService;
+use crate::{service::OptimizerService, storage::OriginalStore};
 
 /// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain_timeout)`.
 pub type App = GrpcServer;
 
 /// Binds the listener and sets up the worker pool; nothing is served until
-/// [`App::run_until_stopped`].
-pub async fn build(config: OptimizerConfig) -> anyhow::Result<App> {
-    let service = OptimizerService::new(&config);
+/// [`App::run_until_stopped`]. With `storage` (the Storage service's URL),
+/// `Render` reads originals from it and keeps results in it; without, only
+/// `Optimize` and `Probe` work.
+pub async fn build(config: OptimizerConfig, storage: Option<Uri>) -> anyhow::Result<App> {
+    let store = storage.map(OriginalStore::connect_lazy);
+    if store.is_none() {
+        tracing::info!("no NWS_STORAGE_URL: Render is unavailable, Optimize and Probe work");
+    }
+    let service = OptimizerService::new(&config, store);
     let server = GrpcServer::bind("optimizer", config.optimizer_addr)
         .await?
         .add_service(OptimizerServer::new(service))

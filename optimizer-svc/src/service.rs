@@ -1,5 +1,7 @@
-//! The `watermark.v1.Optimizer` gRPC service: collects the upload, runs the
-//! pipeline on a bounded pool of blocking workers, streams the result.
+//! The `watermark.v1.Optimizer` gRPC service: takes an image (from the call,
+//! or from Storage by its hash), runs the pipeline on a bounded pool of
+//! blocking workers, streams the result (and, for Render, keeps it in
+//! Storage).
 
 use std::{
     pin::Pin,
@@ -10,21 +12,25 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, stream};
+use futures_util::{Stream, StreamExt as _, stream};
 use nws_watermark::{
     chunk, media,
+    options::PIPELINE_VERSION,
     pb::{
-        OptimizeHeader, OptimizeRequest, OptimizeResponse, ProbeRequest, ProbeResponse, StageTimings,
-        optimize_request, optimize_response, optimizer_server::Optimizer,
+        OptimizeHeader, OptimizeRequest, OptimizeResponse, ProbeRequest, ProbeResponse, RenderPriority,
+        RenderRequest, RenderResponse, StageTimings, optimize_request, optimize_response,
+        optimizer_server::Optimizer, render_response,
     },
+    render::{RenderJob, ResultKey, is_sha256_hex},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     OptimizeError, OptimizerConfig,
     pipeline::{self, Limits, Options, Output},
+    storage::OriginalStore,
 };
 
 pub struct OptimizerService {
@@ -36,6 +42,7 @@ pub struct OptimizerService {
     /// past it a call is refused before its upload is read.
     admitted: Arc<AtomicUsize>,
     capacity: usize,
+    store: Option<OriginalStore>,
 }
 
 /// A call's place in the optimizer; leaving it (however the call ends)
@@ -43,6 +50,9 @@ pub struct OptimizerService {
 struct Admission {
     admitted: Arc<AtomicUsize>,
     cancel: CancellationToken,
+    /// A worker taken at admission (background renders only run on one
+    /// that is idle then); others take one when their input is in.
+    worker: Option<OwnedSemaphorePermit>,
     finished: bool,
 }
 
@@ -59,7 +69,7 @@ impl Drop for Admission {
 }
 
 impl OptimizerService {
-    pub fn new(config: &OptimizerConfig) -> Self {
+    pub fn new(config: &OptimizerConfig, store: Option<OriginalStore>) -> Self {
         let workers = config.worker_count();
         let queue = config.queue_length();
         tracing::info!(workers, queue, "optimizer worker pool");
@@ -72,6 +82,7 @@ impl OptimizerService {
                 max_side: config.max_side,
             },
             workers: Arc::new(Semaphore::new(workers)),
+            store,
         }
     }
 
@@ -128,18 +139,29 @@ impl OptimizerService {
         Ok((options, input.freeze()))
     }
 
-    /// Takes a place, or refuses the call at once when there is none.
-    fn admit(&self) -> Result<Admission, OptimizeError> {
+    /// Takes a place, or refuses the call at once when there is none. A
+    /// background call also needs a worker that is idle right now, so it
+    /// never waits in line ahead of a caller.
+    fn admit(&self, priority: RenderPriority) -> Result<Admission, OptimizeError> {
         let before = self.admitted.fetch_add(1, Ordering::AcqRel);
-        let admission = Admission {
+        let mut admission = Admission {
             admitted: Arc::clone(&self.admitted),
             cancel: CancellationToken::new(),
+            worker: None,
             finished: false,
         };
         if before >= self.capacity {
-            let mut refused = admission;
-            refused.finished = true;
+            admission.finished = true;
             return Err(OptimizeError::Busy { admitted: before });
+        }
+        if priority == RenderPriority::Background {
+            match Arc::clone(&self.workers).try_acquire_owned() {
+                Ok(worker) => admission.worker = Some(worker),
+                Err(_) => {
+                    admission.finished = true;
+                    return Err(OptimizeError::NoIdleWorker);
+                }
+            }
         }
         Ok(admission)
     }
@@ -149,14 +171,18 @@ impl OptimizerService {
         input: Bytes,
         options: Options,
         cancel: CancellationToken,
+        worker: Option<OwnedSemaphorePermit>,
     ) -> Result<Output, OptimizeError> {
-        let permit = Arc::clone(&self.workers)
-            .acquire_owned()
-            .await
-            .map_err(|e| OptimizeError::Internal(e.into()))?;
+        let worker = match worker {
+            Some(worker) => worker,
+            None => Arc::clone(&self.workers)
+                .acquire_owned()
+                .await
+                .map_err(|e| OptimizeError::Internal(e.into()))?,
+        };
         let limits = self.limits;
         let job = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _worker = worker;
             pipeline::run(&input, &options, &limits, &cancel)
         });
         match job.await {
@@ -165,20 +191,30 @@ impl OptimizerService {
             // call's INTERNAL error, with the cause in the log.
             Err(join_error) => Err(OptimizeError::Internal(anyhow::anyhow!(
                 "pipeline panicked: {}",
-                panic_message(join_error)
+                nws_runtime::panic::join_error_message(join_error)
             ))),
         }
     }
-}
 
-fn panic_message(error: tokio::task::JoinError) -> String {
-    match error.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_owned()),
-        Err(error) => error.to_string(),
+    /// Runs `work` as an admitted call: a call dropped half-way (its client
+    /// gone, its deadline passed) cancels the work between stages.
+    async fn admitted<T>(
+        &self,
+        priority: RenderPriority,
+        work: impl AsyncFnOnce(CancellationToken, Option<OwnedSemaphorePermit>) -> Result<T, OptimizeError>,
+    ) -> Result<T, OptimizeError> {
+        let mut admission = self.admit(priority)?;
+        let cancel = admission.cancel.clone();
+        let worker = admission.worker.take();
+        let result = work(cancel, worker).await;
+        // Reached only if the call was not dropped half-way.
+        admission.finished = true;
+        if let Err(error @ (OptimizeError::Upload(_) | OptimizeError::ShortUpload { .. })) = &result {
+            // An upload reset or cut short is the client going away before
+            // the pipeline could start: the same event as a dropped call.
+            tracing::info!(%error, "call cancelled by the client: its upload broke off; no work was done");
+        }
+        result
     }
 }
 
@@ -186,64 +222,69 @@ fn micros(duration: std::time::Duration) -> u64 {
     duration.as_micros().try_into().unwrap_or(u64::MAX)
 }
 
+/// The result's description, logged once as `optimized`.
+fn describe(
+    rpc: &'static str,
+    input_bytes: usize,
+    output: &Output,
+    result_key: Option<ResultKey>,
+) -> OptimizeHeader {
+    let (display_width, display_height) = output.source.display_size();
+    tracing::info!(
+        rpc,
+        input_bytes,
+        output_bytes = output.bytes.len(),
+        width = output.width,
+        height = output.height,
+        format = ?output.format,
+        ink = ?output.ink,
+        decode_us = micros(output.timings.decode),
+        resize_us = micros(output.timings.resize),
+        watermark_us = micros(output.timings.watermark),
+        encode_us = micros(output.timings.encode),
+        "optimized"
+    );
+    OptimizeHeader {
+        format: output.format as i32,
+        media_type: media::media_type(output.format).to_owned(),
+        width: output.width,
+        height: output.height,
+        size: output.bytes.len() as u64,
+        timings: Some(StageTimings {
+            decode_micros: micros(output.timings.decode),
+            resize_micros: micros(output.timings.resize),
+            watermark_micros: micros(output.timings.watermark),
+            encode_micros: micros(output.timings.encode),
+        }),
+        source_format: output.source.format as i32,
+        source_width: display_width,
+        source_height: display_height,
+        pipeline_version: PIPELINE_VERSION.to_owned(),
+        result_key: result_key.map(|key| key.to_string()).unwrap_or_default(),
+    }
+}
+
 type OptimizeStream = Pin<Box<dyn Stream<Item = Result<OptimizeResponse, Status>> + Send>>;
+type RenderStream = Pin<Box<dyn Stream<Item = Result<RenderResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Optimizer for OptimizerService {
     type OptimizeStream = OptimizeStream;
+    type RenderStream = RenderStream;
 
     async fn optimize(
         &self,
         request: Request<Streaming<OptimizeRequest>>,
     ) -> Result<Response<Self::OptimizeStream>, Status> {
-        let mut admission = self.admit()?;
-        let cancel = admission.cancel.clone();
-        let work = async {
-            let mut upload = request.into_inner();
-            let (options, input) = self.receive(&mut upload).await?;
-            let input_bytes = input.len();
-            Ok::<_, OptimizeError>((input_bytes, self.process(input, options, cancel).await?))
-        };
-        // Reached only if the call was not dropped half-way.
-        let result = work.await;
-        admission.finished = true;
-        if let Err(error @ (OptimizeError::Upload(_) | OptimizeError::ShortUpload { .. })) = &result {
-            // An upload reset or cut short is the client going away before
-            // the pipeline could start: the same event as a dropped call.
-            tracing::info!(%error, "call cancelled by the client: its upload broke off; no work was done");
-        }
-        let (input_bytes, output) = result?;
-        let (display_width, display_height) = output.source.display_size();
-        tracing::info!(
-            input_bytes,
-            output_bytes = output.bytes.len(),
-            width = output.width,
-            height = output.height,
-            format = ?output.format,
-            ink = ?output.ink,
-            decode_us = micros(output.timings.decode),
-            resize_us = micros(output.timings.resize),
-            watermark_us = micros(output.timings.watermark),
-            encode_us = micros(output.timings.encode),
-            "optimized"
-        );
-        let header = OptimizeHeader {
-            format: output.format as i32,
-            media_type: media::media_type(output.format).to_owned(),
-            width: output.width,
-            height: output.height,
-            size: output.bytes.len() as u64,
-            timings: Some(StageTimings {
-                decode_micros: micros(output.timings.decode),
-                resize_micros: micros(output.timings.resize),
-                watermark_micros: micros(output.timings.watermark),
-                encode_micros: micros(output.timings.encode),
-            }),
-            source_format: output.source.format as i32,
-            source_width: display_width,
-            source_height: display_height,
-            pipeline_version: nws_watermark::options::PIPELINE_VERSION.to_owned(),
-        };
+        let mut upload = request.into_inner();
+        let (input_bytes, output) = self
+            .admitted(RenderPriority::Interactive, async |cancel, worker| {
+                let (options, input) = self.receive(&mut upload).await?;
+                let input_bytes = input.len();
+                Ok((input_bytes, self.process(input, options, cancel, worker).await?))
+            })
+            .await?;
+        let header = describe("Optimize", input_bytes, &output, None);
         let header = OptimizeResponse {
             payload: Some(optimize_response::Payload::Header(header)),
         };
@@ -254,12 +295,66 @@ impl Optimizer for OptimizerService {
         Ok(Response::new(Box::pin(stream::iter(messages))))
     }
 
+    async fn render(&self, request: Request<RenderRequest>) -> Result<Response<Self::RenderStream>, Status> {
+        let request = request.into_inner();
+        let priority = request.priority();
+        let store = self.store.clone().ok_or(OptimizeError::NoStorage)?;
+        if !is_sha256_hex(&request.original_sha256) {
+            return Err(OptimizeError::BadOptions(format!(
+                "original_sha256 {:?} is not a SHA-256 (64 lowercase hex characters)",
+                request.original_sha256
+            ))
+            .into());
+        }
+        let options = Options::try_from(request.options.unwrap_or_default()).map_err(OptimizeError::from)?;
+        let job = RenderJob::new(request.original_sha256, options);
+        let (input_bytes, output) = self
+            .admitted(priority, async |cancel, worker| {
+                let input = store
+                    .original(job.original_sha256(), self.limits.max_input_bytes)
+                    .await?;
+                let input_bytes = input.len();
+                let output = self.process(input, job.options().clone(), cancel, worker).await?;
+                Ok((input_bytes, output))
+            })
+            .await?;
+        let key = job.key();
+        let header = describe("Render", input_bytes, &output, Some(key));
+        let bytes = Bytes::from(output.bytes);
+        // Kept by a task of its own: a caller that stops reading after the
+        // bytes does not cut the write short.
+        let kept = request
+            .store_result
+            .then(|| tokio::spawn(keep(store, key, bytes.clone())));
+        let header = RenderResponse {
+            payload: Some(render_response::Payload::Header(header)),
+        };
+        let chunks = chunk::split(bytes).map(|chunk| RenderResponse {
+            payload: Some(render_response::Payload::Chunk(chunk)),
+        });
+        let outcome = stream::iter(kept).filter_map(|kept| async move {
+            match kept.await {
+                Ok(Ok(())) => None,
+                Ok(Err(status)) => Some(Err(status)),
+                Err(join_error) => Some(Err(Status::internal(format!(
+                    "keeping the result failed: {}",
+                    nws_runtime::panic::join_error_message(join_error)
+                )))),
+            }
+        });
+        let messages = stream::iter(std::iter::once(header).chain(chunks).map(Ok)).chain(outcome);
+        Ok(Response::new(Box::pin(messages)))
+    }
+
     async fn probe(&self, request: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
         let bytes = request.into_inner().header;
         let header = tokio::task::spawn_blocking(move || pipeline::probe(&bytes))
             .await
             .map_err(|e| {
-                OptimizeError::Internal(anyhow::anyhow!("probe panicked: {}", panic_message(e)))
+                OptimizeError::Internal(anyhow::anyhow!(
+                    "probe panicked: {}",
+                    nws_runtime::panic::join_error_message(e)
+                ))
             })??;
         let (display_width, display_height) = header.display_size();
         Ok(Response::new(ProbeResponse {
@@ -272,4 +367,13 @@ impl Optimizer for OptimizerService {
             display_height,
         }))
     }
+}
+
+/// Keeps a rendered result in Storage; a failure is logged here and ends
+/// the caller's stream with UNAVAILABLE (the bytes it got are still good).
+async fn keep(store: OriginalStore, key: ResultKey, bytes: Bytes) -> Result<(), Status> {
+    store.keep_result(key, bytes).await.map_err(|error| {
+        tracing::warn!(%key, %error, "could not keep a result in storage");
+        Status::unavailable(format!("the result could not be kept in storage: {error}"))
+    })
 }

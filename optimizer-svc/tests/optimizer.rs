@@ -2,12 +2,10 @@
 
 use std::path::Path;
 
-use nws_watermark::{
-    pb::{
-        ImageFormat, OptimizeHeader, OptimizeOptions, OptimizeRequest, Position, ProbeRequest,
-        optimize_request, optimize_response, optimizer_client::OptimizerClient,
-    },
-    testing::{ServiceProcess, test_image},
+use nws_runtime::testing::{ServiceProcess, test_image};
+use nws_watermark::pb::{
+    ImageFormat, OptimizeHeader, OptimizeOptions, OptimizeRequest, Position, ProbeRequest, optimize_request,
+    optimize_response, optimizer_client::OptimizerClient,
 };
 use tonic::{Code, transport::Channel};
 

@@ -1,7 +1,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
-use nws_watermark::config::{parse_duration, parse_size};
+use nws_runtime::config::{parse_duration, parse_size};
 
 /// Storage settings; flags with `NWS_*` environment fallbacks.
 #[derive(Debug, Clone, Args)]

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use tonic::Status;
+use nws_runtime::grpc::status::for_user;
+use tonic::{Code, Status};
 
 /// Everything a Storage call can fail with; [`From<StorageError> for
 /// Status`] is the one place that turns it into a gRPC status.
@@ -49,12 +50,13 @@ impl StorageError {
 
 impl From<StorageError> for Status {
     fn from(error: StorageError) -> Self {
+        // Refusals a caller can act on carry a message meant for end users.
         match &error {
             StorageError::InvalidKey(_) | StorageError::TooLarge { .. } | StorageError::BadRequest(_) => {
-                Status::invalid_argument(error.to_string())
+                for_user(Code::InvalidArgument, error.to_string())
             }
-            StorageError::NotFound(_) => Status::not_found(error.to_string()),
-            StorageError::HashMismatch { .. } => Status::failed_precondition(error.to_string()),
+            StorageError::NotFound(_) => for_user(Code::NotFound, error.to_string()),
+            StorageError::HashMismatch { .. } => for_user(Code::FailedPrecondition, error.to_string()),
             StorageError::Upload(status) => Status::new(status.code(), error.to_string()),
             StorageError::Backend { source, .. } => {
                 // The client learns what failed; the cause (paths, errno) stays in the logs.

@@ -11,10 +11,8 @@ mod service;
 
 use std::{sync::Arc, time::Duration};
 
-use nws_watermark::{
-    grpc::GrpcServer,
-    pb::storage_server::{SERVICE_NAME, StorageServer},
-};
+use nws_runtime::grpc::GrpcServer;
+use nws_watermark::pb::storage_server::{SERVICE_NAME, StorageServer};
 
 pub use config::{BackendKind, S3Config, StorageConfig};
 pub use error::StorageError;

@@ -3,11 +3,9 @@
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, stream};
 use nws_watermark::{
-    chunk::CHUNK_SIZE,
-    media,
+    chunk, media,
     pb::{
         DeleteRequest, DeleteResponse, GetRequest, GetResponse, ObjectInfo, PutOptions, PutRequest,
         PutResponse, StatRequest, StatResponse, get_response, put_request, storage_server::Storage,
@@ -211,14 +209,6 @@ fn object_info(key: &ObjectKey, meta: ObjectMeta) -> ObjectInfo {
     }
 }
 
-/// Splits pieces of any size into gRPC messages of at most [`CHUNK_SIZE`].
-fn rechunk(piece: Bytes) -> impl Stream<Item = Bytes> {
-    let pieces = (0..piece.len())
-        .step_by(CHUNK_SIZE)
-        .map(move |start| piece.slice(start..(start + CHUNK_SIZE).min(piece.len())));
-    stream::iter(pieces.collect::<Vec<_>>())
-}
-
 type GetStream = Pin<Box<dyn Stream<Item = Result<GetResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -248,7 +238,7 @@ impl<B: Backend> Storage for StorageService<B> {
             }
         });
         let chunks = pieces.flat_map(|piece| match piece {
-            Ok(piece) => rechunk(piece)
+            Ok(piece) => stream::iter(chunk::split(piece))
                 .map(|chunk| {
                     Ok(GetResponse {
                         payload: Some(get_response::Payload::Chunk(chunk)),

@@ -1,11 +1,38 @@
 use std::process::ExitCode;
 
-use gateway::mesh::{self, MeshConfig};
-use nws_watermark::config::{exit_code, parse_or_exit};
+use clap::Parser;
+use gateway::GatewayConfig;
+use http::Uri;
+use nws_runtime::config::{CommonConfig, exit_code, parse_or_exit, parse_upstream_url};
+
+/// NWS Watermark gateway: the HTTP edge, in front of Optimizer and Storage
+/// services started apart (for everything in one process, run `nws-mesh`).
+#[derive(Parser)]
+#[command(name = "gateway", version)]
+struct Cli {
+    #[command(flatten)]
+    gateway: GatewayConfig,
+
+    /// URL of the Optimizer gRPC service, e.g. `http://optimizer:50051`.
+    #[arg(long, env = "NWS_OPTIMIZER_URL", value_parser = parse_upstream_url)]
+    optimizer_url: Uri,
+
+    /// URL of the Storage gRPC service, e.g. `http://storage:50052`.
+    #[arg(long, env = "NWS_STORAGE_URL", value_parser = parse_upstream_url)]
+    storage_url: Uri,
+
+    #[command(flatten)]
+    common: CommonConfig,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config: MeshConfig = parse_or_exit();
-    nws_watermark::telemetry::init(config.common.log_format);
-    exit_code(mesh::run(config, nws_watermark::shutdown::on_signal()).await)
+    let cli: Cli = parse_or_exit();
+    nws_runtime::telemetry::init(cli.common.log_format);
+    let run = async {
+        let app = gateway::build(&cli.gateway, cli.optimizer_url, cli.storage_url).await?;
+        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain_timeout)
+            .await
+    };
+    exit_code(run.await)
 }

@@ -19,7 +19,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         .into_iter()
         .map(|(upstream, result)| (upstream.to_string(), status_json(result)))
         .collect();
-    let redis = state.cache.redis().map(|redis| redis.status());
+    let redis = state.results.redis().map(|redis| redis.status());
     let degraded = redis.as_ref().is_some_and(Result::is_err);
     let cache = match redis {
         Some(result) => json!({ "redis": status_json(result) }),
@@ -36,9 +36,11 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-fn status_json(result: Result<(), String>) -> Value {
+/// A dependency's state; the reason is a stable phrase, the details are in
+/// the log.
+fn status_json(result: Result<(), impl std::fmt::Display>) -> Value {
     match result {
         Ok(()) => json!({ "status": "SERVING" }),
-        Err(reason) => json!({ "status": "UNAVAILABLE", "reason": reason }),
+        Err(reason) => json!({ "status": "UNAVAILABLE", "reason": reason.to_string() }),
     }
 }

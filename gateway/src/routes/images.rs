@@ -7,14 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use nws_watermark::pb::PutResponse;
+use nws_watermark::{pb::PutResponse, render::ResultKey};
 
 use super::AppState;
-use crate::{
-    cache::{Found, ResultKey},
-    error::ApiError,
-    timing::ServerTiming,
-};
+use crate::{error::ApiError, results::Found, timing::ServerTiming};
 
 /// A key names one rendering of one original for good: caches anywhere
 /// may keep it for a year without asking again.
@@ -30,7 +26,7 @@ pub async fn get(
             "{key:?} is not a result key (64 lowercase hex characters)"
         ))
     })?;
-    let etag = key.etag();
+    let etag = crate::results::etag(&key);
     if if_none_match(&headers, &etag) {
         // The representation behind a key never changes, so the client's
         // copy is current without looking anything up.
@@ -40,10 +36,7 @@ pub async fn get(
         return Ok(response);
     }
     let mut timing = ServerTiming::start();
-    let found = state
-        .cache
-        .find(key, &mut timing, None::<std::future::Ready<_>>)
-        .await?;
+    let found = state.results.find(key, &mut timing).await?;
     Ok(image_response(&found, &timing, Negotiated::No, None))
 }
 

@@ -7,14 +7,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http::header;
-use nws_watermark::pb::{Namespace, ObjectInfo, StatRequest};
+use nws_watermark::pb::{Namespace, ObjectInfo};
 use serde_json::json;
 
 use super::AppState;
-use crate::{
-    error::{ApiError, Upstream},
-    transfer,
-};
+use crate::error::ApiError;
 
 /// Streams a stored original. The key is the content's hash, so the
 /// response never changes: it is cacheable forever.
@@ -22,7 +19,7 @@ pub async fn original(
     State(state): State<AppState>,
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (info, bytes) = transfer::open_object(&state.upstreams, Namespace::Originals, &sha256).await?;
+    let (info, bytes) = state.upstreams.open(Namespace::Originals, &sha256).await?;
     Ok((
         [
             (header::CONTENT_TYPE, info.media_type.clone()),
@@ -41,21 +38,7 @@ pub async fn original(
 
 /// Describes a stored original as JSON.
 pub async fn status(State(state): State<AppState>, Path(sha256): Path<String>) -> Result<Response, ApiError> {
-    let upstreams = &state.upstreams;
-    let info = upstreams
-        .storage()
-        .stat(upstreams.request(StatRequest {
-            sha256,
-            namespace: Namespace::Originals.into(),
-        }))
-        .await
-        .map_err(ApiError::from_status(Upstream::Storage))?
-        .into_inner()
-        .info
-        .ok_or(ApiError::Protocol {
-            upstream: Upstream::Storage,
-            what: "Stat answered without the object's info",
-        })?;
+    let info = state.upstreams.stat(Namespace::Originals, &sha256).await?;
     Ok(Json(info_json(&info)).into_response())
 }
 

@@ -1,25 +1,14 @@
 //! `POST /v1/watermark` (and the Go original's `POST /upload`): an image in,
-//! a watermarked image out, streaming both ways.
-//!
-//! Two request shapes: `multipart/form-data` with the file in field `image`
-//! and the options as fields, or the raw image as the body with the options
-//! as query parameters. Options are `wm_text`, `wm_position`, `format`,
-//! `quality`, `progressive`, `max_width`, `max_height`, `wm_opacity`,
-//! `wm_tiled`, `resize`, `keep_metadata`.
-
-//! `POST /v1/watermark` (and the Go original's `POST /upload`): an image in,
 //! a watermarked image out.
 //!
 //! Two request shapes: `multipart/form-data` with the file in field `image`
-//! and the options as fields (in any order), or the raw image as the body
-//! with the options as query parameters. Options are `wm_text`,
-//! `wm_position`, `format` (`auto`, the default, picks AVIF, WebP or JPEG
-//! from Accept), `quality`, `progressive`, `max_width`, `max_height`,
-//! `wm_opacity`, `wm_tiled`, `resize`, `keep_metadata`.
+//! and the options as fields (in any order) or query parameters, or the raw
+//! image as the body with the options as query parameters. The options are
+//! [`nws_watermark::params::PARAMS`]; any other name is refused, naming the
+//! known ones.
 //!
 //! The original is stored first (Storage keys it by its SHA-256), then the
-//! result is looked up by its key in the cache tiers and computed only when
-//! none has it.
+//! result is found or rendered through the results seam.
 
 use std::time::Instant;
 
@@ -33,20 +22,15 @@ use http::{HeaderMap, header};
 use http_body_util::{LengthLimitError, Limited};
 use nws_watermark::{
     options::Options,
-    pb::{ImageFormat, OptimizeOptions, Position, PutResponse, ResizeFilter},
+    params,
+    pb::{OptimizeOptions, PutResponse},
 };
 
 use super::{
     AppState,
     images::{Negotiated, image_response},
-    query_pairs,
 };
-use crate::{
-    cache::{CachedImage, Computed, ResultKey},
-    error::ApiError,
-    timing::ServerTiming,
-    transfer,
-};
+use crate::{error::ApiError, query, results::Plan, timing::ServerTiming, upload};
 
 const IMAGE_FIELD: &str = "image";
 /// Longest option value read from a form; `wm_text` is at most 200 characters.
@@ -71,46 +55,38 @@ pub async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    // Options in the query apply to both shapes; a form's fields come after
+    // them and win.
     let mut options = FormOptions::for_request(request.headers());
+    for (name, value) in query::pairs(query.as_deref())? {
+        options.set(&name, &value)?;
+    }
     let reading = Instant::now();
     let (original, options) = if is_form {
         from_form(&state, request, limit, options).await?
     } else {
-        for (name, value) in query_pairs(query.as_deref())? {
-            options.set(&name, &value)?;
-        }
         // Bad options are refused before a byte of the body is read.
         let options = options.validate()?;
         let stall = state.body_read_timeout;
         let bytes = TryStreamExt::map_err(request.into_body().into_data_stream(), move |e| {
             body_error(&e, limit, stall)
         });
-        let original = transfer::store_original(&state.upstreams, Box::pin(bytes)).await?;
+        let original = upload::store_original(&state.upstreams, Box::pin(bytes)).await?;
         (original, options)
     };
     timing.since("upload", "gateway: read and store the original", reading);
 
-    let key = ResultKey::derive(&original.sha256, &options);
     let negotiated = if options.format_follows_accept() {
         Negotiated::Yes
     } else {
         Negotiated::No
     };
-    let upstreams = &state.upstreams;
-    let wire = options.negotiate().to_wire();
-    let compute = transfer::optimize_stored(upstreams.clone(), original.sha256.clone(), wire);
-    let compute = async move {
-        let (header, bytes) = compute.await?;
-        Ok(Computed {
-            image: CachedImage::new(&key, bytes),
-            header,
-        })
-    };
-    let found = match state.cache.find(key, &mut timing, Some(compute)).await {
+    let plan = Plan::new(&original.sha256, options, state.auto_avif);
+    let found = match state.results.answer(plan, &mut timing).await {
         Ok(found) => found,
         Err(error) => {
-            if transfer::is_bad_image(&error) {
-                transfer::forget_original(upstreams, &original).await;
+            if is_unreadable_image(&error) {
+                state.upstreams.forget_original(&original).await;
             }
             return Err(error);
         }
@@ -119,6 +95,12 @@ pub async fn upload(
         timing.add_stages(stages);
     }
     Ok(image_response(&found, &timing, negotiated, Some(&original)))
+}
+
+/// Whether the optimizer refused the image itself: the original it was
+/// asked to render is no image it can read, so it is not worth keeping.
+fn is_unreadable_image(error: &ApiError) -> bool {
+    error.upstream_code(crate::error::Upstream::Optimizer) == Some(tonic::Code::InvalidArgument)
 }
 
 /// Reads a form whose fields may come in any order: the image streams into
@@ -136,7 +118,28 @@ async fn from_form(
         .await
         .map_err(|e| ApiError::BadRequest(format!("not a multipart form: {}", e.body_text())))?;
     let mut original = None;
+    let read = read_form(state, &mut form, &mut original, &mut options, form_error).await;
+    let options = read.and_then(|()| options.validate());
+    match (original, options) {
+        (Some(original), Ok(options)) => Ok((original, options)),
+        (None, Ok(_)) => Err(ApiError::BadRequest("the form has no `image` field".to_owned())),
+        (stored, Err(error)) => {
+            // Refused after the image was stored: keep nothing of it.
+            if let Some(original) = stored {
+                state.upstreams.forget_original(&original).await;
+            }
+            Err(error)
+        }
+    }
+}
 
+async fn read_form(
+    state: &AppState,
+    form: &mut Multipart,
+    original: &mut Option<PutResponse>,
+    options: &mut FormOptions,
+    form_error: impl Fn(MultipartError) -> ApiError + Copy + Send + 'static,
+) -> Result<(), ApiError> {
     while let Some(mut field) = form.next_field().await.map_err(form_error)? {
         let name = field.name().unwrap_or_default().to_owned();
         if name == IMAGE_FIELD {
@@ -147,8 +150,12 @@ async fn from_form(
             }
             options.validate()?;
             let bytes = field.map_err(form_error);
-            original = Some(transfer::store_original(&state.upstreams, Box::pin(bytes)).await?);
-        } else if FormOptions::NAMES.contains(&name.as_str()) {
+            *original = Some(upload::store_original(&state.upstreams, Box::pin(bytes)).await?);
+        } else {
+            // An unknown name is refused before its value is read.
+            params::find(&name).map_err(|bad| {
+                ApiError::BadRequest(format!("{}; the image goes in the field `{IMAGE_FIELD}`", bad.0))
+            })?;
             let mut value = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(form_error)? {
                 value.extend_from_slice(&chunk);
@@ -161,31 +168,23 @@ async fn from_form(
             let value = String::from_utf8(value)
                 .map_err(|_| ApiError::BadRequest(format!("form field `{name}` is not UTF-8 text")))?;
             options.set(&name, &value)?;
-        } else {
-            // Unknown fields are ignored, as the Go original did; still read
-            // them so the form can go on (the body limit bounds them).
-            while field.chunk().await.map_err(form_error)?.is_some() {}
         }
     }
-
-    let original =
-        original.ok_or_else(|| ApiError::BadRequest("the form has no `image` field".to_owned()))?;
-    Ok((original, options.validate()?))
+    Ok(())
 }
 
-/// The options an upload may carry, as parsed from text, and the request's
-/// Accept values for `format=auto`. The rules on values are
-/// [`Options`]', shared with the optimizer.
+/// The options an upload carries, as parsed from text, with the request's
+/// Accept values for `format=auto`. The rules on values are [`Options`]',
+/// shared with the optimizer.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct FormOptions {
     wire: OptimizeOptions,
-    request_accept: Vec<String>,
 }
 
 impl FormOptions {
     /// The defaults for a request: `format=auto`, so its Accept decides.
     fn for_request(headers: &HeaderMap) -> Self {
-        let request_accept: Vec<String> = headers
+        let accept = headers
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|value| value.to_str().ok())
@@ -193,10 +192,9 @@ impl FormOptions {
             .collect();
         Self {
             wire: OptimizeOptions {
-                accept: request_accept.clone(),
+                accept,
                 ..OptimizeOptions::default()
             },
-            request_accept,
         }
     }
 
@@ -204,118 +202,10 @@ impl FormOptions {
         Options::try_from(self.wire.clone()).map_err(|bad| ApiError::BadRequest(bad.0))
     }
 
-    const NAMES: [&'static str; 11] = [
-        "keep_metadata",
-        "wm_text",
-        "wm_position",
-        "wm_opacity",
-        "wm_tiled",
-        "resize",
-        "format",
-        "quality",
-        "progressive",
-        "max_width",
-        "max_height",
-    ];
-
     fn set(&mut self, name: &str, value: &str) -> Result<(), ApiError> {
-        let options = &mut self.wire;
-        match name {
-            "wm_text" => options.watermark_text = value.to_owned(),
-            "wm_position" => options.position = parse_position(value)? as i32,
-            "format" => match parse_format(value)? {
-                Some(format) => {
-                    options.format = format as i32;
-                    options.accept.clear();
-                }
-                None => {
-                    options.format = ImageFormat::Unspecified as i32;
-                    options.accept = self.request_accept.clone();
-                }
-            },
-            "quality" => options.quality = parse_number(name, value)?,
-            "progressive" => options.progressive = parse_flag(name, value)?,
-            "wm_tiled" => options.tiled = parse_flag(name, value)?,
-            "keep_metadata" => options.keep_metadata = parse_flag(name, value)?,
-            "wm_opacity" => {
-                options.opacity = match value.trim() {
-                    "" => 0.0,
-                    text => text
-                        .parse()
-                        .map_err(|_| ApiError::BadRequest(format!("{name} {text:?} is not a number")))?,
-                }
-            }
-            "resize" => {
-                options.resize_filter = match value.trim().to_ascii_lowercase().as_str() {
-                    "" => ResizeFilter::Unspecified,
-                    "lanczos3" => ResizeFilter::Lanczos3,
-                    "fast" | "bilinear" => ResizeFilter::Fast,
-                    other => {
-                        return Err(ApiError::BadRequest(format!(
-                            "resize {other:?} is not one of lanczos3, fast"
-                        )));
-                    }
-                } as i32
-            }
-            "max_width" => options.max_width = parse_number(name, value)?,
-            "max_height" => options.max_height = parse_number(name, value)?,
-            _ => {} // not an option
-        }
-        Ok(())
-    }
-}
-
-fn parse_position(value: &str) -> Result<Position, ApiError> {
-    Ok(
-        match value.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "" => Position::Unspecified,
-            "top-left" => Position::TopLeft,
-            "top-right" => Position::TopRight,
-            "bottom-left" => Position::BottomLeft,
-            "bottom-right" => Position::BottomRight,
-            "center" | "centre" => Position::Center,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "wm_position {value:?} is not one of top-left, top-right, bottom-left, bottom-right, center"
-                )));
-            }
-        },
-    )
-}
-
-/// `None` for `auto`: the optimizer chooses from the request's Accept.
-fn parse_format(value: &str) -> Result<Option<ImageFormat>, ApiError> {
-    Ok(Some(match value.trim().to_ascii_lowercase().as_str() {
-        "" | "auto" => return Ok(None),
-        "jpeg" | "jpg" | "image/jpeg" => ImageFormat::Jpeg,
-        "png" | "image/png" => ImageFormat::Png,
-        "webp" | "image/webp" => ImageFormat::Webp,
-        "avif" | "image/avif" => ImageFormat::Avif,
-        _ => {
-            return Err(ApiError::BadRequest(format!(
-                "format {value:?} is not one of auto, avif, webp, jpeg, png"
-            )));
-        }
-    }))
-}
-
-fn parse_number(name: &str, value: &str) -> Result<u32, ApiError> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Ok(0);
-    }
-    value
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("{name} {value:?} is not a whole number")))
-}
-
-fn parse_flag(name: &str, value: &str) -> Result<bool, ApiError> {
-    match value.trim() {
-        "" | "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(ApiError::BadRequest(format!(
-            "{name} {other:?} is not true or false"
-        ))),
+        params::find(name)
+            .and_then(|param| param.apply(&mut self.wire, value))
+            .map_err(|bad| ApiError::BadRequest(bad.0))
     }
 }
 
@@ -358,29 +248,4 @@ fn read_failure(error: &(dyn std::error::Error + 'static)) -> Option<ReadFailure
         cause = e.source();
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn option_text_parses_or_names_the_problem() {
-        let mut options = FormOptions::default();
-        options.set("wm_position", "top_left").unwrap();
-        options.set("format", "JPG").unwrap();
-        options.set("quality", " 70 ").unwrap();
-        options.set("unrelated", "x").unwrap();
-        assert_eq!(options.wire.position, Position::TopLeft as i32);
-        assert_eq!(options.wire.format, ImageFormat::Jpeg as i32);
-        assert_eq!(options.wire.quality, 70);
-        for (name, value, expected) in [
-            ("wm_position", "middle", "wm_position \"middle\""),
-            ("format", "bmp", "format \"bmp\""),
-            ("quality", "high", "quality \"high\""),
-        ] {
-            let message = FormOptions::default().set(name, value).unwrap_err().to_string();
-            assert!(message.contains(expected), "{message}");
-        }
-    }
 }

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nws_watermark::config::{CommonConfig, exit_code, parse_or_exit};
+use http::Uri;
+use nws_runtime::config::{CommonConfig, exit_code, parse_or_exit, parse_upstream_url};
 use optimizer_svc::OptimizerConfig;
 
 /// NWS Watermark Optimizer service.
@@ -10,6 +11,13 @@ use optimizer_svc::OptimizerConfig;
 struct Cli {
     #[command(flatten)]
     optimizer: OptimizerConfig,
+
+    /// URL of the Storage gRPC service (e.g. `http://storage:50052`), which
+    /// Render reads originals from and keeps results in. Unset: Render is
+    /// refused; Optimize and Probe work.
+    #[arg(long, env = "NWS_STORAGE_URL", value_parser = parse_upstream_url)]
+    storage_url: Option<Uri>,
+
     #[command(flatten)]
     common: CommonConfig,
 }
@@ -17,10 +25,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
-    nws_watermark::telemetry::init(cli.common.log_format);
+    nws_runtime::telemetry::init(cli.common.log_format);
     let run = async {
-        let app = optimizer_svc::build(cli.optimizer).await?;
-        app.run_until_stopped(nws_watermark::shutdown::signal(), cli.common.drain_timeout)
+        let app = optimizer_svc::build(cli.optimizer, cli.storage_url).await?;
+        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain_timeout)
             .await
     };
     exit_code(run.await)

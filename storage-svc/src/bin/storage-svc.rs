@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nws_watermark::config::{CommonConfig, exit_code, parse_or_exit};
+use nws_runtime::config::{CommonConfig, exit_code, parse_or_exit};
 use storage_svc::StorageConfig;
 
 /// NWS Watermark Storage service.
@@ -17,10 +17,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
-    nws_watermark::telemetry::init(cli.common.log_format);
+    nws_runtime::telemetry::init(cli.common.log_format);
     let run = async {
         let app = storage_svc::build(cli.storage).await?;
-        app.run_until_stopped(nws_watermark::shutdown::signal(), cli.common.drain_timeout)
+        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain_timeout)
             .await
     };
     exit_code(run.await)

@@ -4,12 +4,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use nws_watermark::{
-    pb::{
-        DeleteRequest, GetRequest, Namespace, PutOptions, PutRequest, PutResponse, StatRequest, get_response,
-        put_request,
-    },
-    testing::test_image,
+use nws_runtime::testing::test_image;
+use nws_watermark::pb::{
+    DeleteRequest, GetRequest, Namespace, PutOptions, PutRequest, PutResponse, StatRequest, get_response,
+    put_request,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::Code;

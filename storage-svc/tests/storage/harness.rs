@@ -5,12 +5,10 @@ use std::{
     time::Duration,
 };
 
-use nws_watermark::{
-    pb::{
-        GetRequest, Namespace, PutOptions, PutRequest, PutResponse, get_response, put_request,
-        storage_client::StorageClient,
-    },
-    testing::{S3Server, ServiceProcess},
+use nws_runtime::testing::{S3Server, ServiceProcess};
+use nws_watermark::pb::{
+    GetRequest, Namespace, PutOptions, PutRequest, PutResponse, get_response, put_request,
+    storage_client::StorageClient,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;

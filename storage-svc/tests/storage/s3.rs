@@ -3,10 +3,8 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use nws_watermark::{
-    pb::Namespace,
-    testing::{S3Server, run_to_exit, test_image},
-};
+use nws_runtime::testing::{S3Server, run_to_exit, test_image};
+use nws_watermark::pb::Namespace;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

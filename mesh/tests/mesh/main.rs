@@ -1,5 +1,6 @@
-//! The gateway binary (the whole mesh by default, or pointed at separately
-//! started services), driven through the network by real clients.
+//! The all-in-one binary (the whole mesh in one process, or pointed at
+//! separately started services), driven through the network by real
+//! clients.
 
 mod cache;
 mod clients;
@@ -7,9 +8,10 @@ mod http_api;
 mod lifecycle;
 mod protocol;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nws_watermark::testing::ServiceProcess;
+pub use nws_runtime::testing::files_under;
+use nws_runtime::testing::{ServiceProcess, workspace_binary};
 use sha2::{Digest as _, Sha256};
 
 pub const KLEIBER: &str = "kleiber_4000x3000.jpg";
@@ -47,7 +49,7 @@ impl Mesh {
         if !given("NWS_STORAGE_URL") {
             services.push("storage");
         }
-        let process = ServiceProcess::start(&binary("gateway"), &all_env, &services);
+        let process = ServiceProcess::start(&workspace_binary("nws-mesh"), &all_env, &services);
         Self {
             process,
             data_dir,
@@ -91,33 +93,6 @@ impl Mesh {
     pub fn stored_originals(&self) -> Vec<PathBuf> {
         files_under(&self.data_dir.path().join("originals"))
     }
-}
-
-/// A binary of this workspace, built next to the gateway's.
-pub fn binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_gateway")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo test --workspace` (as scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

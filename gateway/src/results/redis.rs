@@ -17,9 +17,9 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts, redis};
+use nws_runtime::config::SecretUrl;
+use nws_watermark::render::ResultKey;
 use tokio_util::sync::CancellationToken;
-
-use super::ResultKey;
 
 /// How often Redis' health is checked, and so how soon its return is
 /// noticed.
@@ -41,14 +41,39 @@ pub struct RedisTier {
 struct Health {
     up: AtomicBool,
     /// Why Redis is being skipped, when it is.
-    reason: Mutex<String>,
+    reason: Mutex<Down>,
+}
+
+/// Why a Redis call failed: a stable word for `/readyz`, and the details
+/// for the log.
+#[derive(Debug, Clone)]
+struct Failure {
+    down: Down,
+    detail: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Down {
+    /// No answer within NWS_REDIS_TIMEOUT.
+    TimedOut,
+    /// Connection refused or reset, or an error reply.
+    Failed,
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Down::TimedOut => "no answer within NWS_REDIS_TIMEOUT",
+            Down::Failed => "unreachable or failing",
+        })
+    }
 }
 
 impl RedisTier {
     /// Prepares the pool; no connection is made until first use, so the
     /// gateway starts (degraded) while Redis is down.
-    pub fn new(url: &str, timeout: Duration, prefix: String, ttl: Duration) -> anyhow::Result<Self> {
-        let mut config = Config::from_url(url);
+    pub fn new(url: &SecretUrl, timeout: Duration, prefix: String, ttl: Duration) -> anyhow::Result<Self> {
+        let mut config = Config::from_url(url.expose());
         config.pool = Some(PoolConfig {
             max_size: POOL_SIZE,
             timeouts: Timeouts {
@@ -60,7 +85,7 @@ impl RedisTier {
         });
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
-            .with_context(|| format!("gateway: NWS_REDIS_URL {url:?} is not usable"))?;
+            .with_context(|| format!("gateway: NWS_REDIS_URL {url} is not usable"))?;
         Ok(Self {
             pool,
             timeout,
@@ -68,7 +93,7 @@ impl RedisTier {
             ttl_seconds: ttl.as_secs().max(1),
             health: Arc::new(Health {
                 up: AtomicBool::new(true),
-                reason: Mutex::new(String::new()),
+                reason: Mutex::new(Down::Failed),
             }),
         })
     }
@@ -107,11 +132,11 @@ impl RedisTier {
     }
 
     /// `Ok` while Redis answers, or why it is being skipped.
-    pub fn status(&self) -> Result<(), String> {
+    pub fn status(&self) -> Result<(), Down> {
         if self.is_up() {
             Ok(())
         } else {
-            Err(self.health.reason.lock().expect("never poisoned").clone())
+            Err(*self.health.reason.lock().expect("never poisoned"))
         }
     }
 
@@ -142,10 +167,14 @@ impl RedisTier {
         }
     }
 
-    fn mark_down(&self, reason: &str) {
-        *self.health.reason.lock().expect("never poisoned") = reason.to_owned();
+    fn mark_down(&self, failure: &Failure) {
+        *self.health.reason.lock().expect("never poisoned") = failure.down;
         if self.health.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(%reason, "redis failed: serving without the L2 cache until it answers a ping");
+            tracing::warn!(
+                reason = %failure.down,
+                detail = %failure.detail,
+                "redis failed: serving without the L2 cache until it answers a ping"
+            );
         }
     }
 
@@ -154,17 +183,28 @@ impl RedisTier {
     }
 
     /// Runs one command under the deadline, connection included.
-    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, String> {
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Failure> {
+        let failed = |detail: String| Failure {
+            down: Down::Failed,
+            detail,
+        };
         let attempt = async {
-            let mut connection = self.pool.get().await.map_err(|e| format!("connection: {e}"))?;
+            let mut connection = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| failed(format!("connection: {e}")))?;
             command
                 .query_async::<T>(&mut connection)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| failed(e.to_string()))
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?} (NWS_REDIS_TIMEOUT)", self.timeout)),
+            Err(_) => Err(Failure {
+                down: Down::TimedOut,
+                detail: format!("{:?}", self.timeout),
+            }),
         }
     }
 }

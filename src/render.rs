@@ -1,7 +1,17 @@
-//! Result keys: what identifies one rendered image.
+//! What names a rendered image, and the unit of work that makes one.
+//!
+//! A render is fully described by the original's hash and the options with
+//! the format settled: [`RenderJob`]. Its [`ResultKey`] names the result
+//! everywhere (URL, ETag, cache keys, Storage), so whoever renders a job
+//! (the optimizer for a waiting caller, in the background, or for a queued
+//! job) produces the same object under the same name.
 
-use nws_watermark::options::{Options, PIPELINE_VERSION};
 use sha2::{Digest, Sha256};
+
+use crate::{
+    options::{Options, PIPELINE_VERSION},
+    pb::{RenderPriority, RenderRequest},
+};
 
 /// The SHA-256 of everything that decides a result's bytes: the original's
 /// hash, the canonical options (format negotiation included) and the
@@ -29,19 +39,12 @@ impl ResultKey {
 
     /// A key as written in URLs: exactly 64 lowercase hex characters.
     pub fn parse(text: &str) -> Option<Self> {
-        if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !is_sha256_hex(text) {
             return None;
         }
         let mut key = [0; 32];
         hex::decode_to_slice(text, &mut key).ok()?;
         Some(Self(key))
-    }
-}
-
-impl ResultKey {
-    /// The strong entity tag of the result: the key, quoted.
-    pub fn etag(&self) -> http::HeaderValue {
-        http::HeaderValue::try_from(format!("\"{self}\"")).expect("hex is a valid header value")
     }
 
     /// Where the result is served.
@@ -62,11 +65,60 @@ impl std::fmt::Debug for ResultKey {
     }
 }
 
+/// Whether `text` is a SHA-256 as every key in the mesh is written: exactly
+/// 64 lowercase hex characters.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// One original rendered with validated options: all a result depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderJob {
+    original_sha256: String,
+    options: Options,
+    key: ResultKey,
+}
+
+impl RenderJob {
+    /// The job for `original_sha256` (64 lowercase hex characters, as
+    /// Storage names originals) and `options`.
+    pub fn new(original_sha256: String, options: Options) -> Self {
+        let key = ResultKey::derive(&original_sha256, &options);
+        Self {
+            original_sha256,
+            options,
+            key,
+        }
+    }
+
+    pub fn original_sha256(&self) -> &str {
+        &self.original_sha256
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The key its result is kept and served under.
+    pub fn key(&self) -> ResultKey {
+        self.key
+    }
+
+    /// The Optimizer call that renders it.
+    pub fn request(&self, store_result: bool, priority: RenderPriority) -> RenderRequest {
+        RenderRequest {
+            original_sha256: self.original_sha256.clone(),
+            options: Some(self.options.to_wire()),
+            store_result,
+            priority: priority.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use nws_watermark::pb::OptimizeOptions;
-
     use super::*;
+    use crate::pb::OptimizeOptions;
 
     const ORIGINAL: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -96,6 +148,24 @@ mod tests {
         let other_original =
             ResultKey::derive(&ORIGINAL.replace('9', "8"), &options(OptimizeOptions::default()));
         assert_ne!(defaults, other_original);
+    }
+
+    #[test]
+    fn a_job_names_its_result_by_the_original_and_options() {
+        let job = RenderJob::new(ORIGINAL.to_owned(), options(OptimizeOptions::default()));
+        assert_eq!(
+            job.key(),
+            ResultKey::derive(ORIGINAL, &options(OptimizeOptions::default()))
+        );
+        let request = job.request(true, RenderPriority::Background);
+        assert_eq!(request.original_sha256, ORIGINAL);
+        assert!(request.store_result);
+        // The job survives the wire: what a queue carries is enough to rebuild it.
+        let rebuilt = RenderJob::new(
+            request.original_sha256,
+            Options::try_from(request.options.unwrap()).unwrap(),
+        );
+        assert_eq!(rebuilt, job);
     }
 
     #[test]

@@ -1,26 +1,31 @@
-//! The whole mesh in one process: the gateway, plus an Optimizer and a
-//! Storage service for each upstream URL left unset. They still talk over
-//! real gRPC on loopback, exactly as when deployed apart.
+//! NWS Watermark, the whole mesh in one process: the gateway, plus an
+//! Optimizer and a Storage service for each upstream URL left unset. They
+//! still talk over real gRPC on loopback, exactly as when deployed apart,
+//! and the embedded Optimizer reads originals from, and keeps results in,
+//! the same Storage as the gateway.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use gateway::GatewayConfig;
 use http::Uri;
-use nws_watermark::{config::CommonConfig, grpc::GrpcServer};
+use nws_runtime::{
+    config::{CommonConfig, parse_upstream_url},
+    grpc::GrpcServer,
+};
 use optimizer_svc::OptimizerConfig;
 use storage_svc::StorageConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::GatewayConfig;
-
-/// Every setting of the gateway binary.
+/// Every setting of the all-in-one binary.
 #[derive(Debug, Clone, Parser)]
 #[command(
-    name = "gateway",
+    name = "nws-mesh",
     version,
-    about = "NWS Watermark gateway (and, by default, the whole mesh)"
+    about = "NWS Watermark: the gateway, Optimizer and Storage in one process"
 )]
 pub struct MeshConfig {
     #[command(flatten)]
@@ -29,6 +34,18 @@ pub struct MeshConfig {
     pub optimizer: OptimizerConfig,
     #[command(flatten)]
     pub storage: StorageConfig,
+
+    /// URL of an Optimizer gRPC service to use (e.g. `http://optimizer:50051`).
+    /// Unset: an Optimizer runs in this process on NWS_OPTIMIZER_ADDR.
+    #[arg(long, env = "NWS_OPTIMIZER_URL", value_parser = parse_upstream_url)]
+    pub optimizer_url: Option<Uri>,
+
+    /// URL of a Storage gRPC service to use (e.g. `http://storage:50052`),
+    /// by the gateway and the embedded Optimizer alike. Unset: a Storage
+    /// service runs in this process on NWS_STORAGE_ADDR.
+    #[arg(long, env = "NWS_STORAGE_URL", value_parser = parse_upstream_url)]
+    pub storage_url: Option<Uri>,
+
     #[command(flatten)]
     pub common: CommonConfig,
 }
@@ -40,24 +57,24 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     let services_stop = CancellationToken::new();
     let mut embedded = JoinSet::new();
 
-    let optimizer_url = upstream(
-        config.gateway.optimizer_url.clone(),
-        optimizer_svc::build(config.optimizer.clone()),
-        &mut embedded,
-        &services_stop,
-        drain,
-    )
-    .await?;
     let storage_url = upstream(
-        config.gateway.storage_url.clone(),
+        config.storage_url.clone(),
         storage_svc::build(config.storage.clone()),
         &mut embedded,
         &services_stop,
         drain,
     )
     .await?;
+    let optimizer_url = upstream(
+        config.optimizer_url.clone(),
+        optimizer_svc::build(config.optimizer.clone(), Some(storage_url.clone())),
+        &mut embedded,
+        &services_stop,
+        drain,
+    )
+    .await?;
     tracing::info!(optimizer = %optimizer_url, storage = %storage_url, "upstreams");
-    let gateway = crate::build(&config.gateway, optimizer_url, storage_url).await?;
+    let gateway = gateway::build(&config.gateway, optimizer_url, storage_url).await?;
 
     // A failing embedded service stops the whole process rather than
     // leaving a gateway that can only answer 503.

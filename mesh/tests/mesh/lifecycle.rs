@@ -2,62 +2,24 @@
 
 use std::time::Duration;
 
-use nws_watermark::testing::{S3Server, ServiceProcess, run_to_exit, test_image};
+use nws_runtime::testing::{S3Server, run_to_exit, test_image, workspace_binary};
 
-use crate::{KLEIBER, Mesh, binary, files_under, form, sha256_hex};
-
-#[tokio::test]
-async fn each_service_runs_as_its_own_binary() {
-    let storage_dir = tempfile::tempdir().unwrap();
-    let optimizer = ServiceProcess::start(
-        &binary("optimizer-svc"),
-        &[("NWS_OPTIMIZER_ADDR", "127.0.0.1:0")],
-        &["optimizer"],
-    );
-    let storage = ServiceProcess::start(
-        &binary("storage-svc"),
-        &[
-            ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
-            ("NWS_DATA_DIR", storage_dir.path().to_str().unwrap()),
-        ],
-        &["storage"],
-    );
-    let optimizer_url = optimizer.url("optimizer");
-    let storage_url = storage.url("storage");
-    let gateway = Mesh::start_with(&[
-        ("NWS_OPTIMIZER_URL", &optimizer_url),
-        ("NWS_STORAGE_URL", &storage_url),
-    ]);
-
-    let response = gateway
-        .http
-        .post(gateway.url("/v1/watermark"))
-        .multipart(form(
-            test_image("picos_orient6.jpg"),
-            &[("wm_position", "center")],
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-image-width"], "1440");
-    // The original landed in the separate storage service's directory.
-    assert_eq!(files_under(&storage_dir.path().join("originals")).len(), 1);
-    assert!(gateway.stored_originals().is_empty());
-}
+use crate::{KLEIBER, Mesh, files_under, form, sha256_hex};
 
 #[test]
 fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     let cases = [
-        ("gateway", "NWS_HTTP_ADDR", "not-an-address"),
+        ("nws-mesh", "NWS_HTTP_ADDR", "not-an-address"),
+        ("nws-mesh", "NWS_MAX_UPLOAD_BYTES", "lots"),
+        ("nws-mesh", "NWS_DRAIN_TIMEOUT", "soon"),
+        ("nws-mesh", "NWS_AUTO_AVIF", "sometimes"),
         ("gateway", "NWS_OPTIMIZER_URL", "ftp://optimizer"),
-        ("gateway", "NWS_MAX_UPLOAD_BYTES", "lots"),
-        ("gateway", "NWS_DRAIN_TIMEOUT", "soon"),
         ("optimizer-svc", "NWS_MAX_PIXELS", "-5"),
+        ("optimizer-svc", "NWS_STORAGE_URL", "storage:50052"),
         ("storage-svc", "NWS_STORAGE_ADDR", "127.0.0.1:99999"),
     ];
     for (program, setting, value) in cases {
-        let (status, stderr) = run_to_exit(&binary(program), &[(setting, value)]);
+        let (status, stderr) = run_to_exit(&workspace_binary(program), &[(setting, value)]);
         assert_eq!(status.code(), Some(64), "{program} {setting}={value}: {stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{program} {setting}={value}: {stderr}");
@@ -70,14 +32,33 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
 }
 
 #[test]
+fn settings_that_hold_secrets_are_never_echoed_and_missing_ones_are_named() {
+    let (status, stderr) = run_to_exit(
+        &workspace_binary("nws-mesh"),
+        &[("NWS_REDIS_URL", "http://:hunter2@redis:6379")],
+    );
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("NWS_REDIS_URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the password was echoed: {stderr}");
+
+    // The gateway alone cannot embed its upstreams: it names what it needs.
+    let (status, stderr) = run_to_exit(&workspace_binary("gateway"), &[]);
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: missing setting: NWS_OPTIMIZER_URL (--optimizer-url), NWS_STORAGE_URL (--storage-url)"
+    );
+}
+
+#[test]
 fn a_port_in_use_stops_start_up_with_one_line_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let data_dir = tempfile::tempdir().unwrap();
     let (status, stderr) = run_to_exit(
-        &binary("gateway"),
+        &workspace_binary("nws-mesh"),
         &[
-            ("NWS_HTTP_ADDR", &addr),
+            ("NWS_HTTP_ADDR", addr.as_str()),
             ("NWS_OPTIMIZER_ADDR", "127.0.0.1:0"),
             ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
             ("NWS_DATA_DIR", data_dir.path().to_str().unwrap()),

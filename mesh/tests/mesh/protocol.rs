@@ -7,9 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nws_watermark::testing::test_image;
+use nws_runtime::testing::test_image;
 
-use crate::{KLEIBER, Mesh, assert_json_error, base64, sha256_hex};
+use crate::{KLEIBER, Mesh, assert_json_error, base64, sha256_hex, tool};
 
 /// Reads what the server sends until it closes or `limit` passes.
 fn read_reply(stream: &mut TcpStream, limit: Duration) -> String {
@@ -205,6 +205,28 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
         );
     }
     assert!(openapi["components"]["schemas"]["watermark.v1.ObjectInfo"]["properties"]["sha256"].is_object());
+    let upload_options: Vec<&str> = openapi["paths"]["/v1/watermark"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(upload_options.contains(&"wm_position"), "{upload_options:?}");
+
+    // A real validator, as client generators run one.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&openapi).unwrap()).unwrap();
+    let output = std::process::Command::new(tool("NWS_TEST_PYTHON"))
+        .args(["-m", "openapi_spec_validator"])
+        .arg(file.path())
+        .output()
+        .expect("run openapi-spec-validator");
+    assert!(
+        output.status.success(),
+        "not a valid OpenAPI document:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
@@ -217,7 +239,7 @@ async fn a_client_that_disconnects_cancels_the_optimizer_call() {
             .lines()
             .filter(|line| {
                 line.contains("started processing request")
-                    && line.contains("/watermark.v1.Optimizer/Optimize\"")
+                    && line.contains("/watermark.v1.Optimizer/Render\"")
             })
             .count()
     };

@@ -1,6 +1,6 @@
 //! The HTTP API, through the gateway, to real upstreams.
 
-use nws_watermark::testing::test_image;
+use nws_runtime::testing::test_image;
 
 use crate::{KLEIBER, Mesh, assert_json_error, form, sha256_hex};
 
@@ -184,7 +184,10 @@ async fn bad_requests_get_json_errors_with_grpc_gateway_statuses() {
         "INVALID_ARGUMENT",
     )
     .await;
-    assert!(message.contains("not a JPEG, PNG, WebP or GIF"), "{message}");
+    assert!(
+        message.contains("the upload is not an image; send JPEG, PNG, WebP or GIF"),
+        "{message}"
+    );
 
     let message = assert_json_error(
         post(form(test_image("tiny_16x16.jpg"), &[("quality", "500")]))
@@ -245,6 +248,85 @@ async fn bad_requests_get_json_errors_with_grpc_gateway_statuses() {
     assert!(message.contains("64 lowercase hex"), "{message}");
     assert_json_error(get("/no/such/route".into()).await.unwrap(), 404, "NOT_FOUND").await;
     assert_json_error(get("/v1/watermark".into()).await.unwrap(), 405, "UNIMPLEMENTED").await;
+}
+
+#[tokio::test]
+async fn unknown_options_are_refused_naming_the_known_ones() {
+    let mesh = Mesh::start();
+    let photo = test_image("tiny_16x16.jpg");
+    let typo = mesh
+        .http
+        .post(mesh.url("/v1/watermark?wm_positon=center"))
+        .body(photo.clone())
+        .send()
+        .await
+        .unwrap();
+    let message = assert_json_error(typo, 400, "INVALID_ARGUMENT").await;
+    assert!(
+        message.starts_with(
+            "unknown option `wm_positon` (did you mean `wm_position`?); the options are wm_text,"
+        ),
+        "{message}"
+    );
+    // In a form, before or after the image: refused, and nothing kept.
+    for fields in [
+        vec![("wm_txt", "hello")],
+        vec![("wm_text", "hello"), ("colour", "red")],
+    ] {
+        let mut form = reqwest::multipart::Form::new();
+        let (first, rest) = fields.split_first().unwrap();
+        form = form.text(first.0.to_owned(), first.1.to_owned());
+        form = form.part("image", reqwest::multipart::Part::bytes(photo.clone()));
+        for (name, value) in rest {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        let response = mesh
+            .http
+            .post(mesh.url("/v1/watermark"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let message = assert_json_error(response, 400, "INVALID_ARGUMENT").await;
+        assert!(message.contains("unknown option"), "{message}");
+        assert!(
+            message.contains("the image goes in the field `image`"),
+            "{message}"
+        );
+        assert!(
+            mesh.stored_originals().is_empty(),
+            "{fields:?}: an upload refused was kept"
+        );
+    }
+}
+
+#[tokio::test]
+async fn avif_uploads_are_refused_before_they_are_stored() {
+    let mesh = Mesh::start();
+    let avif = mesh
+        .http
+        .post(mesh.url("/v1/watermark?format=avif"))
+        .body(test_image("tiny_16x16.jpg"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let stored_before = mesh.stored_originals();
+    let response = mesh
+        .http
+        .post(mesh.url("/v1/watermark"))
+        .body(avif.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let message = assert_json_error(response, 415, "INVALID_ARGUMENT").await;
+    assert_eq!(
+        message,
+        "unsupported media: AVIF images are not accepted as input; send JPEG, PNG, WebP or GIF"
+    );
+    assert_eq!(mesh.stored_originals(), stored_before);
 }
 
 #[tokio::test]
@@ -354,12 +436,12 @@ async fn health_and_readiness() {
         .await
         .unwrap();
     let message = assert_json_error(upload, 503, "UNAVAILABLE").await;
-    assert!(message.starts_with("storage"), "{message}");
+    assert_eq!(message, "the storage service is unavailable; retry shortly");
 }
 
 #[tokio::test]
 async fn format_auto_follows_the_accept_header_and_bytes_decide_the_input_type() {
-    let mesh = Mesh::start();
+    let mesh = Mesh::start_with(&[("NWS_AUTO_AVIF", "true")]);
     let photo = test_image("tiny_16x16.jpg");
     for (accept, media_type) in [
         ("image/avif,image/webp,*/*;q=0.8", "image/avif"),

@@ -1,7 +1,7 @@
 //! Configuration shared by every binary: flags with environment fallbacks,
 //! and the fail-fast rule for bad values.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use clap::{
     Args, CommandFactory, Parser, ValueEnum,
@@ -78,33 +78,141 @@ fn one_line<T: CommandFactory>(error: &clap::Error) -> String {
         .next()
         .unwrap_or("invalid configuration")
         .to_owned();
+    let command = T::command();
+    // The flag (without `--`) of an argument as clap renders it, e.g.
+    // `--http-addr <HTTP_ADDR>`, and the argument itself.
+    let argument = |rendered: &str| {
+        let long = rendered
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("--")
+            .to_owned();
+        let found = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()));
+        let env = found
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned());
+        let secret = found.is_some_and(|a| a.is_hide_env_values_set());
+        (long, env, secret)
+    };
+    if error.kind() == ErrorKind::MissingRequiredArgument
+        && let Some(ContextValue::Strings(missing)) = error.get(ContextKind::InvalidArg)
+    {
+        let named: Vec<String> = missing
+            .iter()
+            .map(|rendered| match argument(rendered) {
+                (long, Some(env), _) => format!("{env} (--{long})"),
+                (long, None, _) => format!("--{long}"),
+            })
+            .collect();
+        return format!("error: missing setting: {}", named.join(", "));
+    }
     let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
         error.get(ContextKind::InvalidArg),
         error.get(ContextKind::InvalidValue),
     ) else {
         return first_line;
     };
-    let long = arg
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("--");
-    let command = T::command();
-    let env = command
-        .get_arguments()
-        .find(|a| a.get_long() == Some(long))
-        .and_then(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned());
+    let (long, env, secret) = argument(arg);
     let reason = first_line.rsplit_once("': ").map_or("", |(_, reason)| reason);
-    match env {
-        Some(env) => format!("error: invalid value '{value}' for {env} (--{long}): {reason}"),
-        None => first_line,
+    // A setting that can hold a secret is never echoed, not even when wrong.
+    match (env, secret) {
+        (Some(env), true) => format!("error: invalid value for {env} (--{long}): {reason}"),
+        (Some(env), false) => format!("error: invalid value '{value}' for {env} (--{long}): {reason}"),
+        (None, _) => first_line,
+    }
+}
+
+/// The URL of a gRPC service this process calls, e.g. `http://storage:50052`.
+pub fn parse_upstream_url(value: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = value.parse().map_err(|e| format!("not a URL ({e})"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err("expected http://host:port or https://host:port".to_owned()),
+    }
+}
+
+/// A URL that may carry a password (`redis://:secret@redis:6379/0`): the
+/// whole URL for the code that connects, and a form with the password
+/// masked for everything else (`Debug`, `Display`, error messages).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the client that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+                let masked = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    "***".to_owned()
+                };
+                format!("{scheme}://{masked}@{host}{path}")
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_urls_need_a_scheme_and_host() {
+        assert!(parse_upstream_url("http://127.0.0.1:50051").is_ok());
+        assert!(parse_upstream_url("https://optimizer.svc:443").is_ok());
+        assert!(parse_upstream_url("127.0.0.1:50051").is_err());
+        assert!(parse_upstream_url("ftp://x").is_err());
+        assert!(parse_upstream_url("not a url").is_err());
+    }
+
+    #[test]
+    fn secret_urls_show_no_password() {
+        let cases = [
+            ("redis://:hunter2@redis:6379/0", "redis://:***@redis:6379/0"),
+            ("redis://app:hunter2@redis/1", "redis://app:***@redis/1"),
+            ("rediss://token@cache.example", "rediss://***@cache.example"),
+            ("redis://redis:6379", "redis://redis:6379"),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ];
+        for (url, shown) in cases {
+            let secret = SecretUrl::new(url);
+            assert_eq!(secret.to_string(), shown);
+            assert_eq!(format!("{secret:?}"), format!("{shown:?}"));
+            assert_eq!(secret.expose(), url);
+        }
+    }
 
     #[test]
     fn durations_parse_or_explain() {

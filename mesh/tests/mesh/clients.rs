@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use nws_watermark::testing::{test_image, test_images_dir};
+use nws_runtime::testing::{test_image, test_images_dir};
 
 use crate::{Mesh, base64, sha256_hex, tool};
 

@@ -4,7 +4,6 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -16,11 +15,10 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::{
     classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier},
-    trace::{DefaultMakeSpan, TraceLayer},
+    trace::TraceLayer,
 };
-use tracing::Level;
 
-use crate::pb::FILE_DESCRIPTOR_SET;
+use nws_watermark::pb::FILE_DESCRIPTOR_SET;
 
 /// Fully-qualified name of the standard health service.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -51,10 +49,7 @@ struct HealthWatch {
 impl GrpcServer {
     /// Binds `addr` (port 0 picks a free port); `name` labels the logs.
     pub async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("{name}: cannot listen on {addr}"))?;
-        let local_addr = listener.local_addr()?;
+        let (listener, local_addr) = crate::bind(name, addr).await?;
         Ok(Self {
             name,
             listener,
@@ -154,7 +149,7 @@ impl GrpcServer {
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
-            .layer(layer_stack())
+            .layer(layer_stack(name))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(routes.routes());
         tracing::info!(service = name, addr = %local_addr, "listening");
@@ -227,13 +222,27 @@ fn reflection_builder(service_names: &[&'static str]) -> tonic_reflection::serve
     builder
 }
 
-/// The layers every gRPC server runs, outermost first. Tracing is outermost
-/// so that each call gets a span covering everything below it, rejections
-/// included. Later layers (trace-context extraction, authentication, rate
-/// limits, load shedding) go below it in that order.
-fn layer_stack() -> tower::ServiceBuilder<
+/// The layers every gRPC server runs, outermost first. `service` names the
+/// server in every call's span, so the logs of several services in one
+/// process (the all-in-one mesh) stay apart.
+///
+/// 1. Trace span: outermost, so each call's span covers everything below
+///    it, refusals included.
+/// 2. (trace context) Continue the caller's W3C trace from the metadata:
+///    before anything that logs, so every line names the trace.
+/// 3. (authentication) Bearer token from `authorization`: a refused caller
+///    costs nothing below.
+/// 4. (rate limits) Per caller, so it needs the identity from 3.
+/// 5. (metrics) Counts what was admitted, with its status.
+///
+/// Slots 2–5 are where those concerns go when they land; the service's own
+/// admission control (the optimizer's bounded waiting line) stays inside
+/// the service, where it knows the cost of a call.
+fn layer_stack(
+    service: &'static str,
+) -> tower::ServiceBuilder<
     tower::layer::util::Stack<
-        TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, DefaultMakeSpan>,
+        TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
         tower::layer::util::Identity,
     >,
 > {
@@ -251,8 +260,18 @@ fn layer_stack() -> tower::ServiceBuilder<
     ]
     .into_iter()
     .fold(GrpcErrorsAsFailures::new(), GrpcErrorsAsFailures::with_success);
-    tower::ServiceBuilder::new().layer(
-        TraceLayer::new(SharedClassifier::new(classifier))
-            .make_span_with(DefaultMakeSpan::new().level(Level::INFO)),
-    )
+    tower::ServiceBuilder::new()
+        .layer(TraceLayer::new(SharedClassifier::new(classifier)).make_span_with(MakeCallSpan { service }))
+}
+
+/// A span per call: the server's name and the method's path.
+#[derive(Clone, Copy)]
+struct MakeCallSpan {
+    service: &'static str,
+}
+
+impl<B> tower_http::trace::MakeSpan<B> for MakeCallSpan {
+    fn make_span(&mut self, request: &http::Request<B>) -> tracing::Span {
+        tracing::info_span!("grpc", server = self.service, path = %request.uri().path())
+    }
 }

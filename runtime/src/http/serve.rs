@@ -1,4 +1,4 @@
-//! The gateway's accept loop. axum::serve offers no header read timeout,
+//! The accept loop of every HTTP server. axum::serve offers no header read timeout,
 //! so connections are served by hyper directly: HTTP/1.1, and HTTP/2 with
 //! prior knowledge (h2c), with a deadline for a request's headers so a
 //! client that opens connections and trickles bytes cannot hold them.
@@ -19,7 +19,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `router` until `stop` completes, then waits for the connections
 /// still open to finish their requests.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use nws_watermark::testing::test_image;
+use nws_runtime::testing::test_image;
 
 use crate::{Mesh, assert_json_error};
 
@@ -194,26 +194,87 @@ async fn results_are_served_by_key_with_immutable_caching_and_304() {
     assert_json_error(response, 400, "INVALID_ARGUMENT").await;
 }
 
+/// Repeats `attempt` until its answer has the content type wanted (a
+/// background render lands a moment after the response that asked for it).
+async fn until_type(wanted: &str, mut attempt: impl AsyncFnMut() -> Upload) -> Upload {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = attempt().await;
+        if got.content_type == wanted || Instant::now() > deadline {
+            assert_eq!(
+                got.content_type, wanted,
+                "cache {} timing {}",
+                got.cache, got.timing
+            );
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
-async fn format_auto_negotiates_from_accept_and_keys_each_choice_apart() {
+async fn format_auto_answers_at_once_then_serves_the_compact_variant_it_made() {
     let mesh = Mesh::start();
     let photo = test_image(TINY);
-    let webp = upload(&mesh, &photo, "", Some("image/webp,*/*;q=0.8")).await;
-    assert_eq!((webp.status, webp.content_type.as_str()), (200, "image/webp"));
+    let webp_accept = "image/webp,*/*;q=0.8";
+    let first = upload(&mesh, &photo, "", Some(webp_accept)).await;
+    assert_eq!(
+        (first.status, first.content_type.as_str(), first.cache.as_str()),
+        (200, "image/jpeg", "MISS"),
+        "the first answer does not wait for WebP"
+    );
+    assert_eq!(first.vary.as_deref(), Some("accept"));
+    let webp = until_type("image/webp", || upload(&mesh, &photo, "", Some(webp_accept))).await;
+    assert_eq!(webp.cache, "HIT-L1", "made in the background, kept in memory");
     assert_eq!(webp.vary.as_deref(), Some("accept"));
-    let avif = upload(&mesh, &photo, "format=auto", Some("image/avif,image/webp,*/*")).await;
-    assert_eq!(avif.content_type, "image/avif");
+    assert!(webp.timing.contains("variant;"), "{}", webp.timing);
+    let webp_again = upload(&mesh, &photo, "", Some(webp_accept)).await;
+    assert_eq!(
+        (webp_again.content_type.as_str(), &webp_again.etag),
+        ("image/webp", &webp.etag)
+    );
+
+    let avif_accept = "image/avif,image/webp,*/*";
+    let avif = until_type("image/avif", || {
+        upload(&mesh, &photo, "format=auto", Some(avif_accept))
+    })
+    .await;
     let plain = upload(&mesh, &photo, "", None).await;
     assert_eq!(plain.content_type, "image/jpeg");
     assert_eq!(plain.vary.as_deref(), Some("accept"));
+    assert_eq!(
+        plain.etag, first.etag,
+        "the fast answer is the same result whatever the Accept"
+    );
     let keys = [&webp.etag, &avif.etag, &plain.etag];
     assert!(
         keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2],
         "{keys:?}"
     );
-    // Accept naming WebP and asking for it by name are the same result.
+    // The variant made for Accept and the format asked for by name are one result.
     let named = upload(&mesh, &photo, "format=webp", None).await;
     assert_eq!((named.cache.as_str(), &named.etag), ("HIT-L1", &webp.etag));
+    assert_eq!(named.vary, None, "an explicit format does not vary with Accept");
+    // Both variants were kept in Storage by the optimizer.
+    for variant in [&webp, &avif] {
+        mesh.until_result_stored(variant.etag.trim_matches('"')).await;
+    }
+}
+
+#[tokio::test]
+async fn with_auto_avif_the_request_waits_for_the_compact_format() {
+    let mesh = Mesh::start_with(&[("NWS_AUTO_AVIF", "true")]);
+    let photo = test_image(TINY);
+    let avif = upload(&mesh, &photo, "", Some("image/avif,image/webp,*/*")).await;
+    assert_eq!(
+        (avif.cache.as_str(), avif.content_type.as_str()),
+        ("MISS", "image/avif")
+    );
+    let webp = upload(&mesh, &photo, "", Some("image/webp,*/*")).await;
+    assert_eq!(
+        (webp.cache.as_str(), webp.content_type.as_str()),
+        ("MISS", "image/webp")
+    );
 }
 
 #[tokio::test]

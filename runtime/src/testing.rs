@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
@@ -190,12 +190,44 @@ pub fn run_to_exit(binary: &Path, env: &[(&str, &str)]) -> (ExitStatus, String) 
     )
 }
 
+/// A binary of this workspace, built beside the running test (cargo puts
+/// test executables in `deps/`, binaries one level up).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test executable's path");
+    let path = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Every file under `dir`, at any depth (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// The shared test photos: `NWS_TEST_IMAGES`, or
 /// `../shared/testdata/images` beside the clone.
-pub fn test_images_dir() -> std::path::PathBuf {
+pub fn test_images_dir() -> PathBuf {
     let dir = std::env::var_os("NWS_TEST_IMAGES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/images"),
-        std::path::PathBuf::from,
+        // This crate is one level inside the clone.
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/images"),
+        PathBuf::from,
     );
     assert!(dir.is_dir(), "test photos not found at {}", dir.display());
     dir

@@ -1,0 +1,436 @@
+//! The one seam that answers "the result for this original and these
+//! options": found in the fastest place that has it, else rendered.
+//!
+//! Tiers, fastest first: L1 in this process (byte-bounded, TinyLFU
+//! admission), L2 in Redis (shared by every gateway), L3 in Storage
+//! (durable), and only then the optimizer, which reads the original from
+//! Storage and keeps the result there itself. A hit fills the tiers above
+//! it; a rendered result fills L1 and L2 (L3 already has it).
+//!
+//! Identical lookups in flight at the same time are coalesced: one of them
+//! (the leader) walks the tiers and renders, the rest wait for its result.
+//! If the leader's client goes away, a waiting caller takes over.
+//!
+//! `format=auto` answers with the fast format and makes the compact one
+//! the caller accepts (AVIF, WebP) in the background, for the next request
+//! ([`Plan`]): AVIF takes a second or more to encode, JPEG milliseconds.
+
+mod redis;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use moka::future::Cache;
+use nws_watermark::{
+    media,
+    options::Options,
+    pb::{ImageFormat, Namespace, OptimizeHeader, RenderPriority},
+    render::{RenderJob, ResultKey},
+};
+use tokio::sync::Semaphore;
+use tonic::Code;
+
+pub use self::redis::RedisTier;
+use crate::{
+    error::{ApiError, Upstream},
+    timing::ServerTiming,
+    upstream::Upstreams,
+};
+
+/// A finished result, as every tier keeps it: the bytes alone (the media
+/// type is judged from them, so Redis holds nothing but the image), with
+/// the response headers that follow from them and their key made once, not
+/// on every hit.
+#[derive(Debug)]
+pub struct CachedImage {
+    pub bytes: Bytes,
+    pub media_type: &'static str,
+    /// `"<key>"`
+    pub etag: HeaderValue,
+    /// `/v1/images/<key>`
+    pub location: HeaderValue,
+}
+
+/// The strong entity tag of a result: its key, quoted.
+pub fn etag(key: &ResultKey) -> HeaderValue {
+    HeaderValue::try_from(format!("\"{key}\"")).expect("hex is a valid header value")
+}
+
+impl CachedImage {
+    pub fn new(key: &ResultKey, bytes: Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            media_type: media::sniff_media_type(&bytes),
+            etag: etag(key),
+            location: HeaderValue::try_from(key.location()).expect("hex is a valid header value"),
+            bytes,
+        })
+    }
+}
+
+/// Where a response's image came from: the `X-Cache` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Redis,
+    Store,
+    Rendered,
+    /// Waited for an identical request's result.
+    Coalesced,
+}
+
+impl Source {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Source::Memory => "HIT-L1",
+            Source::Redis => "HIT-L2",
+            Source::Store => "HIT-STORE",
+            Source::Rendered => "MISS",
+            Source::Coalesced => "COALESCED",
+        }
+    }
+}
+
+/// What a lookup found.
+pub struct Found {
+    pub image: Arc<CachedImage>,
+    pub source: Source,
+    /// The optimizer's description, when this request rendered the result.
+    pub header: Option<OptimizeHeader>,
+}
+
+/// What an upload asks for: the job to answer with now and, when
+/// `format=auto` leaves the format to us, a more compact variant to make
+/// for later requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub now: RenderJob,
+    pub later: Option<RenderJob>,
+}
+
+impl Plan {
+    /// With `auto_avif` (NWS_AUTO_AVIF), the request waits for the most
+    /// compact format its Accept names; without, it gets the fast format
+    /// (JPEG, or PNG for transparency) and the compact one comes later.
+    pub fn new(original_sha256: &str, options: Options, auto_avif: bool) -> Self {
+        let job = |options: Options| RenderJob::new(original_sha256.to_owned(), options);
+        if !options.format_follows_accept() {
+            return Self {
+                now: job(options),
+                later: None,
+            };
+        }
+        let compact = nws_watermark::options::preferred_by_accept(&options.accept);
+        match compact {
+            Some(format) if auto_avif => Self {
+                now: job(options.with_format(format)),
+                later: None,
+            },
+            Some(format) => Self {
+                now: job(options.clone().with_format(ImageFormat::Unspecified)),
+                later: Some(job(options.with_format(format))),
+            },
+            None => Self {
+                now: job(options.with_format(ImageFormat::Unspecified)),
+                later: None,
+            },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Results {
+    memory: Cache<ResultKey, Arc<CachedImage>>,
+    redis: Option<RedisTier>,
+    upstreams: Upstreams,
+    background: Arc<Background>,
+}
+
+/// Renders nobody waits for: bounded, and never two of the same job.
+struct Background {
+    permits: Arc<Semaphore>,
+    in_flight: Mutex<HashSet<ResultKey>>,
+}
+
+impl Results {
+    pub fn new(
+        memory_bytes: u64,
+        redis: Option<RedisTier>,
+        upstreams: Upstreams,
+        background_renders: usize,
+    ) -> Self {
+        let memory = Cache::builder()
+            .max_capacity(memory_bytes)
+            // Entries weigh their bytes plus the bookkeeping around them.
+            .weigher(|_key, image: &Arc<CachedImage>| {
+                u32::try_from(image.bytes.len() + 256).unwrap_or(u32::MAX)
+            })
+            .build();
+        Self {
+            memory,
+            redis,
+            upstreams,
+            background: Arc::new(Background {
+                permits: Arc::new(Semaphore::new(background_renders)),
+                in_flight: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    pub fn redis(&self) -> Option<&RedisTier> {
+        self.redis.as_ref()
+    }
+
+    /// The answer to an upload: the compact variant when a tier has it,
+    /// else the job for now (found or rendered), with the compact variant
+    /// then made in the background.
+    pub async fn answer(&self, plan: Plan, timing: &mut ServerTiming) -> Result<Found, ApiError> {
+        if let Some(later) = &plan.later {
+            let started = Instant::now();
+            let ready = self.lookup(later.key(), &mut ServerTiming::start(), None).await;
+            timing.since("variant", "cache: the compact variant", started);
+            match ready {
+                Ok(found) => return Ok(found),
+                Err(ApiError::NotFound(_)) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "looking up the compact variant failed; answering without it")
+                }
+            }
+        }
+        let found = self.lookup(plan.now.key(), timing, Some(&plan.now)).await?;
+        if let Some(later) = plan.later {
+            self.render_later(later);
+        }
+        Ok(found)
+    }
+
+    /// The result named `key` from the first tier that has it; NOT_FOUND
+    /// when none does.
+    pub async fn find(&self, key: ResultKey, timing: &mut ServerTiming) -> Result<Found, ApiError> {
+        self.lookup(key, timing, None).await
+    }
+
+    async fn lookup(
+        &self,
+        key: ResultKey,
+        timing: &mut ServerTiming,
+        render: Option<&RenderJob>,
+    ) -> Result<Found, ApiError> {
+        let started = Instant::now();
+        let in_memory = self.memory.get(&key).await;
+        timing.since("l1", "cache: memory", started);
+        if let Some(image) = in_memory {
+            return Ok(Found {
+                image,
+                source: Source::Memory,
+                header: None,
+            });
+        }
+
+        // Set only when this call is the one that walks the tiers.
+        let mut led: Option<(Source, Option<OptimizeHeader>)> = None;
+        let waiting = Instant::now();
+        let lead = async {
+            let (image, source, header) = self.below_memory(key, timing, render).await?;
+            led = Some((source, header));
+            Ok::<_, ApiError>(image)
+        };
+        let image = self
+            .memory
+            .try_get_with(key, lead)
+            .await
+            .map_err(|shared| (*shared).clone())?;
+
+        let Some((source, header)) = led else {
+            timing.since("wait", "coalesced: waited for an identical request", waiting);
+            return Ok(Found {
+                image,
+                source: Source::Coalesced,
+                header: None,
+            });
+        };
+        if header.as_ref().is_some_and(|h| h.result_key != key.to_string()) {
+            // Made under another name (an optimizer of another pipeline
+            // version): serve it, keep it nowhere under ours.
+            self.memory.invalidate(&key).await;
+        }
+        Ok(Found {
+            image,
+            source,
+            header,
+        })
+    }
+
+    async fn below_memory(
+        &self,
+        key: ResultKey,
+        timing: &mut ServerTiming,
+        render: Option<&RenderJob>,
+    ) -> Result<(Arc<CachedImage>, Source, Option<OptimizeHeader>), ApiError> {
+        if let Some(redis) = &self.redis {
+            let started = Instant::now();
+            let hit = redis.get(&key).await;
+            timing.since("l2", "cache: redis", started);
+            if let Some(bytes) = hit {
+                return Ok((CachedImage::new(&key, bytes), Source::Redis, None));
+            }
+        }
+
+        let started = Instant::now();
+        let stored = self.in_store(&key).await;
+        timing.since("store", "cache: storage", started);
+        if let Some(image) = stored? {
+            self.fill_redis(key, &image);
+            return Ok((image, Source::Store, None));
+        }
+
+        let Some(job) = render else {
+            return Err(ApiError::NotFound(format!("no result with key {key}")));
+        };
+        let (header, bytes) = self.upstreams.render(job, RenderPriority::Interactive).await?;
+        let image = match named(&header, key) {
+            Some(name) => {
+                let image = CachedImage::new(&name, bytes);
+                self.fill_redis(key, &image);
+                image
+            }
+            None => {
+                tracing::warn!(
+                    optimizer = %header.pipeline_version,
+                    gateway = nws_watermark::options::PIPELINE_VERSION,
+                    "the optimizer names this result otherwise (another pipeline version); it is not cached here"
+                );
+                let name = ResultKey::parse(&header.result_key).unwrap_or(key);
+                CachedImage::new(&name, bytes)
+            }
+        };
+        Ok((image, Source::Rendered, Some(header)))
+    }
+
+    /// Renders `job` when the optimizer has an idle worker, then keeps the
+    /// result in L1 and L2 (the optimizer keeps it in L3). Best effort: a
+    /// busy optimizer, a full background budget (NWS_BACKGROUND_RENDERS) or
+    /// the same job already under way skips it, and a later request asks
+    /// again.
+    pub fn render_later(&self, job: RenderJob) {
+        let key = job.key();
+        let Ok(permit) = Arc::clone(&self.background.permits).try_acquire_owned() else {
+            tracing::debug!(%key, "background renders at their limit (NWS_BACKGROUND_RENDERS); skipped");
+            return;
+        };
+        if !self
+            .background
+            .in_flight
+            .lock()
+            .expect("never poisoned")
+            .insert(key)
+        {
+            return;
+        }
+        let results = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match results.upstreams.render(&job, RenderPriority::Background).await {
+                Ok((header, bytes)) if named(&header, key).is_some() => {
+                    let image = CachedImage::new(&key, bytes);
+                    results.fill_redis(key, &image);
+                    results.memory.insert(key, image).await;
+                    tracing::info!(%key, format = ?header.format, "compact variant rendered in the background");
+                }
+                Ok(_) => {
+                    tracing::debug!(%key, "background render named otherwise (another pipeline version)")
+                }
+                Err(error) if error.upstream_code(Upstream::Optimizer) == Some(Code::ResourceExhausted) => {
+                    tracing::debug!(%key, "no idle optimizer worker; background render skipped");
+                }
+                Err(error) => tracing::warn!(%key, %error, "background render failed"),
+            }
+            results
+                .background
+                .in_flight
+                .lock()
+                .expect("never poisoned")
+                .remove(&key);
+        });
+    }
+
+    async fn in_store(&self, key: &ResultKey) -> Result<Option<Arc<CachedImage>>, ApiError> {
+        match self.upstreams.read(Namespace::Results, &key.to_string()).await {
+            Ok(bytes) => Ok(Some(CachedImage::new(key, bytes))),
+            Err(error) if error.upstream_code(Upstream::Storage) == Some(Code::NotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Copies to Redis in the background: the response does not wait.
+    fn fill_redis(&self, key: ResultKey, image: &Arc<CachedImage>) {
+        if let Some(redis) = self.redis.clone() {
+            let image = Arc::clone(image);
+            tokio::spawn(async move { redis.set(&key, &image.bytes).await });
+        }
+    }
+}
+
+/// `Some(key)` when the optimizer named its result as this gateway did:
+/// same canonical options, same pipeline version.
+fn named(header: &OptimizeHeader, key: ResultKey) -> Option<ResultKey> {
+    (header.result_key == key.to_string()).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use nws_watermark::pb::OptimizeOptions;
+
+    use super::*;
+
+    const ORIGINAL: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn options(format: ImageFormat, accept: &str) -> Options {
+        Options::try_from(OptimizeOptions {
+            format: format as i32,
+            accept: vec![accept.to_owned()],
+            ..OptimizeOptions::default()
+        })
+        .unwrap()
+    }
+
+    const CHROME: &str =
+        "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8";
+
+    #[test]
+    fn auto_answers_fast_now_and_makes_the_compact_format_later() {
+        let plan = Plan::new(ORIGINAL, options(ImageFormat::Unspecified, CHROME), false);
+        assert_eq!(plan.now.options().format, ImageFormat::Unspecified);
+        assert!(plan.now.options().accept.is_empty());
+        let later = plan.later.expect("a compact variant");
+        assert_eq!(later.options().format, ImageFormat::Avif);
+        // Asking for it by name is the same result.
+        let named = Plan::new(ORIGINAL, options(ImageFormat::Avif, CHROME), false);
+        assert_eq!(named.now.key(), later.key());
+        assert_eq!(named.later, None);
+    }
+
+    #[test]
+    fn auto_avif_waits_for_the_compact_format_and_plain_accepts_get_one_job() {
+        let plan = Plan::new(ORIGINAL, options(ImageFormat::Unspecified, CHROME), true);
+        assert_eq!((plan.now.options().format, plan.later), (ImageFormat::Avif, None));
+        let plan = Plan::new(
+            ORIGINAL,
+            options(ImageFormat::Unspecified, "image/webp,*/*"),
+            false,
+        );
+        assert_eq!(plan.later.unwrap().options().format, ImageFormat::Webp);
+        let plan = Plan::new(ORIGINAL, options(ImageFormat::Unspecified, "*/*"), false);
+        assert_eq!(plan.later, None);
+        assert_eq!(
+            plan.now.key(),
+            Plan::new(ORIGINAL, options(ImageFormat::Unspecified, "image/jpeg"), true)
+                .now
+                .key()
+        );
+    }
+}

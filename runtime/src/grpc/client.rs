@@ -1,0 +1,76 @@
+//! Channels to the services this process calls, all built the same way, so
+//! that client-side layers (trace-context injection, credentials) are added
+//! once, here, for every upstream.
+
+use std::{fmt, time::Duration};
+
+use http::Uri;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// The channel type every upstream client uses. Client layers, when they
+/// come, wrap it here and nowhere else.
+pub type UpstreamChannel = Channel;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A channel to `uri` that connects on first use and reconnects by itself,
+/// so a process starts (and reports not ready) while an upstream is down,
+/// and recovers when it returns.
+pub fn channel(uri: Uri) -> UpstreamChannel {
+    Endpoint::from(uri)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy()
+}
+
+/// Why an upstream is not ready, in words that are safe to publish (on
+/// `/readyz`); the details go to the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unready {
+    /// No answer: connection refused, reset, or a transport failure.
+    Unreachable,
+    /// It answered, but reports that it cannot serve (e.g. its backend is down).
+    NotServing,
+    /// No answer within the health check's deadline.
+    TimedOut,
+}
+
+impl fmt::Display for Unready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unready::Unreachable => "unreachable",
+            Unready::NotServing => "reports NOT_SERVING",
+            Unready::TimedOut => "health check timed out",
+        })
+    }
+}
+
+/// Asks `service`'s health over `channel` (`grpc.health.v1.Health/Check`).
+pub async fn check_health(channel: UpstreamChannel, service: &str) -> Result<(), Unready> {
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    request.set_timeout(HEALTH_TIMEOUT);
+    let mut client = HealthClient::new(channel);
+    match tokio::time::timeout(HEALTH_TIMEOUT, client.check(request)).await {
+        Err(_) => Err(Unready::TimedOut),
+        Ok(Err(status)) => {
+            tracing::debug!(service, %status, "health check failed");
+            Err(if status.code() == tonic::Code::DeadlineExceeded {
+                Unready::TimedOut
+            } else {
+                Unready::Unreachable
+            })
+        }
+        Ok(Ok(response)) => match response.into_inner().status() {
+            ServingStatus::Serving => Ok(()),
+            _ => Err(Unready::NotServing),
+        },
+    }
+}

@@ -1,0 +1,9 @@
+//! gRPC: the one way every server in the mesh is built ([`GrpcServer`]),
+//! the channels it uses to call others ([`client`]), and statuses whose
+//! message is safe to show an end user ([`status`]).
+
+pub mod client;
+mod server;
+pub mod status;
+
+pub use server::{CheckFuture, GrpcServer, HEALTH_SERVICE};

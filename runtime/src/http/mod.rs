@@ -1,0 +1,292 @@
+//! HTTP servers: the accept loop ([`HttpServer`]), the one layer stack every
+//! HTTP router runs behind ([`layer_stack`]), and JSON errors whose status
+//! follows grpc-gateway's table of gRPC codes.
+
+mod serve;
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use clap::Args;
+use http::{HeaderValue, StatusCode, header};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tonic::Code;
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    compression::CompressionLayer,
+    timeout::{RequestBodyTimeoutLayer, TimeoutBody},
+    trace::TraceLayer,
+};
+
+use crate::config::parse_duration;
+
+/// Paths every HTTP server answers for probes: never shed, so an
+/// overloaded process is not also restarted for it.
+pub const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Settings of an HTTP server's protocol and limits; flags with `NWS_*`
+/// environment fallbacks.
+#[derive(Debug, Clone, Args)]
+pub struct HttpConfig {
+    /// Requests handled at once; past it, new ones get 503 with Retry-After
+    /// straight away instead of queueing.
+    #[arg(long, env = "NWS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Time a client has to send a request's headers (HTTP/1.1).
+    #[arg(long, env = "NWS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest pause allowed between two pieces of a request body; a client
+    /// that stalls longer gets 408.
+    #[arg(long, env = "NWS_BODY_READ_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+}
+
+/// An HTTP server that is bound but not yet serving.
+pub struct HttpServer {
+    name: &'static str,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// Binds `addr` (port 0 picks a free port); `name` labels the logs.
+    pub async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let (listener, local_addr) = crate::bind(name, addr).await?;
+        Ok(Self {
+            name,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves `router` over HTTP/1.1 and HTTP/2 (h2c) until `shutdown`
+    /// completes, then lets in-flight requests finish for at most
+    /// `drain_timeout`.
+    pub async fn run_until_stopped(
+        self,
+        router: Router,
+        config: &HttpConfig,
+        shutdown: impl Future<Output = ()> + Send,
+        drain_timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let Self {
+            name,
+            listener,
+            local_addr,
+        } = self;
+        tracing::info!(service = name, addr = %local_addr, "listening");
+        let header_read_timeout = config.header_read_timeout;
+        crate::shutdown::serve_with_drain(
+            name,
+            |stop| serve::serve(listener, router, header_read_timeout, stop),
+            shutdown,
+            async {},
+            drain_timeout,
+        )
+        .await
+    }
+}
+
+/// The layers around every route of an HTTP server, outermost first:
+/// 1. the trace span covers everything, so no request goes unlogged;
+/// 2. (trace context) continue the caller's `traceparent`, so everything
+///    below, refusals included, belongs to the caller's trace;
+/// 3. a panic becomes a JSON 500 instead of a dropped connection;
+/// 4. (authentication, then rate limits per caller) refused requests cost
+///    nothing below;
+/// 5. load shedding answers 503 at once past the concurrency bound, before
+///    any work (probes are never shed);
+/// 6. a stalled request body fails after NWS_BODY_READ_TIMEOUT;
+/// 7. JSON and text responses are compressed (gzip, br, zstd) when the
+///    client asks; images never are, they are compressed already.
+///
+/// Unknown routes and methods get JSON errors too.
+pub fn layer_stack(router: Router, config: &HttpConfig) -> Router {
+    let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(middleware::from_fn_with_state(permits, shed_load))
+                .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
+                .map_request(|request: Request<TimeoutBody<Body>>| request.map(Body::new))
+                .layer(CompressionLayer::new()),
+        )
+}
+
+/// Refuses a request when NWS_MAX_CONCURRENT_REQUESTS are already in
+/// flight; a request counts until its response body is sent.
+async fn shed_load(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    if PROBE_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Ok(permit) = permits.try_acquire_owned() else {
+        let mut response = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the server is at its concurrent request limit (NWS_MAX_CONCURRENT_REQUESTS); retry shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(request).await.map(|body| {
+        Body::new(HoldsPermit {
+            body,
+            _permit: permit,
+        })
+    })
+}
+
+/// A response body that keeps its request's concurrency permit until it
+/// is sent or dropped.
+struct HoldsPermit {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for HoldsPermit {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!(panic = %crate::panic::message(&*panic), "handler panicked");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Internal,
+        "internal error",
+    )
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, Code::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unimplemented,
+        "this route does not take that method",
+    )
+}
+
+/// The HTTP status for a gRPC code, as grpc-gateway maps them.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The canonical name of a gRPC code, e.g. `INVALID_ARGUMENT`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A JSON error response: `{"code": "<gRPC code name>", "message": "..."}`.
+pub fn json_error(status: StatusCode, code: Code, message: &str) -> Response {
+    let body = serde_json::json!({ "code": code_name(code), "message": message });
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_like_grpc_gateway() {
+        let expected = [
+            (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::OutOfRange, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::Aborted, 409),
+            (Code::ResourceExhausted, 429),
+            (Code::Cancelled, 499),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::Unknown, 500),
+            (Code::Internal, 500),
+            (Code::DataLoss, 500),
+        ];
+        for (code, status) in expected {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+        }
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+    }
+}

@@ -1,0 +1,39 @@
+//! NWS Watermark runtime: the plumbing every server shares, so that a
+//! cross-cutting concern (trace context, authentication, rate limits,
+//! metrics) is written once and every server gets it.
+//!
+//! - [`config`]: flags with `NWS_*` environment fallbacks, fail-fast messages,
+//!   secrets that never reach a log;
+//! - [`grpc`]: the gRPC server builder (health, reflection, the gRPC layer
+//!   stack, graceful drain), upstream channels, and user-facing status
+//!   messages;
+//! - [`http`]: the HTTP accept loop and the HTTP layer stack, with JSON errors
+//!   that use grpc-gateway's status table;
+//! - [`shutdown`], [`telemetry`], [`panic`];
+//! - `testing` (feature `test-support`): start real binaries on `127.0.0.1:0`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod panic;
+pub mod shutdown;
+pub mod telemetry;
+
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+/// Binds a server's listener first (port 0 picks a free port), so that it
+/// can report the address it really has before it serves.
+async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{name}: cannot listen on {addr}"))?;
+    let local_addr = listener.local_addr()?;
+    Ok((listener, local_addr))
+}
