@@ -18,12 +18,9 @@ mkdir -p "$TOOLS"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "build tools: cmake and nasm (libjpeg-turbo is built from source, with SIMD)"
-if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q cmake nasm
-fi
+# shellcheck source=scripts/build-tools.sh
+source scripts/build-tools.sh
+ensure_build_tools
 cmake --version | head -1
 nasm -v
 

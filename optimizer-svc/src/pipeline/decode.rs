@@ -1,10 +1,13 @@
 //! Header inspection and pixel decoding, with the limits checked between
 //! the two: nothing is decoded for an image that is too large.
 //!
-//! JPEGs are decoded by libjpeg-turbo at the smallest of 1/8, 1/4, 1/2 or
-//! full scale that still covers the output size (shrink-on-load): the DCT
-//! does most of the downscaling for free, and the resampler only finishes
-//! the job. Everything else, and CMYK/YCCK JPEGs, go through `image`.
+//! JPEGs are read and decoded by libjpeg-turbo at the smallest of 1/8, 1/4,
+//! 1/2 or full scale that still covers the output size (shrink-on-load):
+//! the DCT does most of the downscaling for free, and the resampler only
+//! finishes the job. Damage libjpeg decodes through (junk before a marker,
+//! an unknown Adobe transform, a corrupt ICC chunk) is logged, not refused,
+//! as every viewer shows such files; a truncated file is refused. Everything
+//! else, and CMYK/YCCK JPEGs, go through `image`.
 //!
 //! An RGB image tagged with an ICC profile other than sRGB is converted to
 //! sRGB (moxcms) after decoding, so colours look the same in a browser once
@@ -14,11 +17,16 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageReader, Rgb, metadata::Orientation};
 use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
+use nws_jpeg::{Decompressor, Scale};
 use nws_watermark::{media, pb::ImageFormat};
-use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
-use super::{Pixels, fit_within};
+use super::{Pixels, fit_within, metadata};
 use crate::OptimizeError;
+
+/// Most scans a progressive JPEG may have: each is a pass over the whole
+/// image, so a few hundred bytes of tiny scans could cost minutes of CPU.
+/// Real encoders write about ten.
+const MAX_PROGRESSIVE_SCANS: u32 = 500;
 
 /// Ceilings on what an input may be; checked before any pixel is decoded.
 #[derive(Debug, Clone, Copy)]
@@ -54,9 +62,20 @@ impl Header {
 
 /// Reads the header only: format, dimensions and orientation.
 pub fn probe(bytes: &[u8]) -> Result<Header, OptimizeError> {
+    if media::sniff(bytes) == Some(ImageFormat::Jpeg) {
+        let mut turbo = turbo(jpeg_limits(&PROBE_LIMITS))?;
+        return jpeg_header(&mut turbo, bytes).map(|(header, _)| header);
+    }
     let (header, _decoder) = open(bytes, image::Limits::default())?;
     Ok(header)
 }
+
+/// What a probe may cost: it reads headers only.
+const PROBE_LIMITS: Limits = Limits {
+    max_input_bytes: u64::MAX,
+    max_pixels: 0,
+    max_side: u32::MAX,
+};
 
 /// Decodes `bytes` into upright pixels. When the format can decode smaller
 /// for less, the pixels are only as large as needed to cover the image
@@ -68,32 +87,129 @@ pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Hea
             limit: limits.max_input_bytes,
         });
     }
+    if media::sniff(bytes) == Some(ImageFormat::Jpeg)
+        && let Some(decoded) = decode_jpeg(bytes, limits, max_box)?
+    {
+        return Ok(decoded);
+    }
     let (header, mut decoder) = open(bytes, codec_limits(limits))?;
     check_limits(&header, limits)?;
     // A damaged profile is not worth refusing the photo for.
     let icc = decoder.icc_profile().ok().flatten();
     if header.format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        // JPEG decoders fill missing scans with grey and call it success.
-        return Err(OptimizeError::Corrupt(
-            "the data ends early (truncated file)".into(),
-        ));
+        return Err(truncated());
     }
-    let (display_width, display_height) = header.display_size();
-    let covering = fit_within(display_width, display_height, max_box.0, max_box.1);
-    let mut pixels = match header.format {
-        ImageFormat::Jpeg => decode_jpeg_scaled(bytes, &header, covering)?,
-        _ => None,
-    };
-    if pixels.is_none() {
-        let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-        image.apply_orientation(header.orientation);
-        pixels = Some(Pixels::from_image(image));
-    }
-    let mut pixels = pixels.expect("decoded above");
+    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    image.apply_orientation(header.orientation);
+    let mut pixels = Pixels::from_image(image);
     if let Some(icc) = icc {
         to_srgb(&mut pixels, &icc);
     }
     Ok((header, pixels))
+}
+
+/// A JPEG through libjpeg-turbo, at the largest DCT downscale whose result
+/// still covers the output; `None` for CMYK and YCCK, which libjpeg cannot
+/// turn into RGB.
+fn decode_jpeg(
+    bytes: &[u8],
+    limits: &Limits,
+    max_box: (u32, u32),
+) -> Result<Option<(Header, Pixels)>, OptimizeError> {
+    let mut turbo = turbo(jpeg_limits(limits))?;
+    let (header, jpeg) = jpeg_header(&mut turbo, bytes)?;
+    check_limits(&header, limits)?;
+    if !jpeg_is_complete(bytes) {
+        // libjpeg fills missing scans with grey and calls it a warning.
+        return Err(truncated());
+    }
+    if !jpeg.colorspace.decodes_to_rgb() {
+        return Ok(None);
+    }
+    let (display_width, display_height) = header.display_size();
+    let covering = fit_within(display_width, display_height, max_box.0, max_box.1);
+    // Compared in stored orientation: swap the target for rotated images.
+    let (cover_w, cover_h) = match header.display_size() == (header.width, header.height) {
+        true => covering,
+        false => (covering.1, covering.0),
+    };
+    let scale = Scale::ALL
+        .into_iter()
+        .find(|scale| scale.apply(header.width) >= cover_w && scale.apply(header.height) >= cover_h)
+        .unwrap_or(Scale::FULL);
+    let (width, height) = (scale.apply(header.width), scale.apply(header.height));
+    let mut data = super::buffers::take(width as usize * height as usize * 3);
+    let decoded = turbo
+        .decode_rgb(bytes, scale, &mut data)
+        .map_err(|e| OptimizeError::Corrupt(e.0))?;
+    log_warning(decoded.warning);
+    let mut pixels = if header.orientation == Orientation::NoTransforms {
+        Pixels {
+            width,
+            height,
+            channels: 3,
+            data,
+        }
+    } else {
+        let buffer = ImageBuffer::<Rgb<u8>, _>::from_raw(width, height, data)
+            .expect("the buffer was sized for these dimensions");
+        let mut upright = DynamicImage::ImageRgb8(buffer);
+        upright.apply_orientation(header.orientation);
+        Pixels::from_image(upright)
+    };
+    if let Some(icc) = jpeg.icc_profile {
+        to_srgb(&mut pixels, &icc);
+    }
+    Ok(Some((header, pixels)))
+}
+
+/// A JPEG's header as libjpeg reads it, with the orientation of its EXIF.
+fn jpeg_header(turbo: &mut Decompressor, bytes: &[u8]) -> Result<(Header, nws_jpeg::Header), OptimizeError> {
+    let decoded = turbo
+        .read_header(bytes)
+        .map_err(|e| OptimizeError::Corrupt(e.0))?;
+    log_warning(decoded.warning);
+    let jpeg = decoded.value;
+    if jpeg.width == 0 || jpeg.height == 0 {
+        return Err(OptimizeError::Corrupt(format!(
+            "the header claims a {}×{} image",
+            jpeg.width, jpeg.height
+        )));
+    }
+    let header = Header {
+        format: ImageFormat::Jpeg,
+        width: jpeg.width,
+        height: jpeg.height,
+        // A damaged EXIF block is not worth refusing the photo for.
+        orientation: metadata::exif_orientation(bytes).unwrap_or(Orientation::NoTransforms),
+    };
+    Ok((header, jpeg))
+}
+
+fn turbo(limits: nws_jpeg::Limits) -> Result<Decompressor, OptimizeError> {
+    Decompressor::new(limits)
+        .map_err(|e| OptimizeError::Internal(anyhow::Error::new(e).context("libjpeg-turbo")))
+}
+
+/// libjpeg's own ceilings: its buffers (a progressive image's coefficients)
+/// within the budget every codec gets, and a bounded number of scans.
+fn jpeg_limits(limits: &Limits) -> nws_jpeg::Limits {
+    nws_jpeg::Limits {
+        max_memory_mib: u32::try_from(codec_budget(limits) >> 20).unwrap_or(u32::MAX),
+        max_scans: MAX_PROGRESSIVE_SCANS,
+    }
+}
+
+/// Damage libjpeg decoded through: the image is served, the log says why
+/// it may look odd.
+fn log_warning(warning: Option<String>) {
+    if let Some(warning) = warning {
+        tracing::info!(%warning, "JPEG decoded despite damage libjpeg warned about");
+    }
+}
+
+fn truncated() -> OptimizeError {
+    OptimizeError::Corrupt("the data ends early (truncated file)".into())
 }
 
 /// Converts pixels tagged with an RGB profile to sRGB; profiles that are
@@ -134,62 +250,6 @@ fn same_primaries(a: &ColorProfile, b: &ColorProfile) -> bool {
         && close(&a.blue_colorant, &b.blue_colorant)
 }
 
-/// The largest libjpeg-turbo downscale whose result still covers `covering`
-/// (upright), or `None` for the colour spaces it cannot turn into RGB.
-fn decode_jpeg_scaled(
-    bytes: &[u8],
-    header: &Header,
-    covering: (u32, u32),
-) -> Result<Option<Pixels>, OptimizeError> {
-    let mut decompressor = Decompressor::new().map_err(turbo_error)?;
-    let jpeg = decompressor.read_header(bytes).map_err(turbo_error)?;
-    if matches!(jpeg.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
-        return Ok(None);
-    }
-    // Compared in stored orientation: swap the target for rotated images.
-    let (cover_w, cover_h) = match header.display_size() == (header.width, header.height) {
-        true => covering,
-        false => (covering.1, covering.0),
-    };
-    let factor = [8, 4, 2]
-        .into_iter()
-        .map(|denom| ScalingFactor::new(1, denom))
-        .find(|factor| {
-            factor.scale(jpeg.width) >= cover_w as usize && factor.scale(jpeg.height) >= cover_h as usize
-        })
-        .unwrap_or(ScalingFactor::ONE);
-    decompressor.set_scaling_factor(factor).map_err(turbo_error)?;
-    let scaled = jpeg.scaled(factor);
-    let mut image = turbojpeg::Image {
-        pixels: super::buffers::take(scaled.width * scaled.height * 3),
-        width: scaled.width,
-        pitch: scaled.width * 3,
-        height: scaled.height,
-        format: PixelFormat::RGB,
-    };
-    decompressor
-        .decompress(bytes, image.as_deref_mut())
-        .map_err(turbo_error)?;
-    let (width, height) = (scaled.width as u32, scaled.height as u32);
-    if header.orientation == Orientation::NoTransforms {
-        return Ok(Some(Pixels {
-            width,
-            height,
-            channels: 3,
-            data: image.pixels,
-        }));
-    }
-    let buffer = ImageBuffer::<Rgb<u8>, _>::from_raw(width, height, image.pixels)
-        .expect("the buffer was sized for these dimensions");
-    let mut upright = DynamicImage::ImageRgb8(buffer);
-    upright.apply_orientation(header.orientation);
-    Ok(Some(Pixels::from_image(upright)))
-}
-
-fn turbo_error(error: turbojpeg::Error) -> OptimizeError {
-    OptimizeError::Corrupt(error.to_string())
-}
-
 fn check_limits(header: &Header, limits: &Limits) -> Result<(), OptimizeError> {
     let (width, height) = (header.width, header.height);
     let pixels = u64::from(width) * u64::from(height);
@@ -217,8 +277,13 @@ fn check_limits(header: &Header, limits: &Limits) -> Result<(), OptimizeError> {
 /// GIF frame far larger than its canvas (found by fuzzing).
 fn codec_limits(limits: &Limits) -> image::Limits {
     let mut codec = image::Limits::no_limits();
-    codec.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
+    codec.max_alloc = Some(codec_budget(limits));
     codec
+}
+
+/// Bytes a codec may allocate under `limits`.
+fn codec_budget(limits: &Limits) -> u64 {
+    limits.max_pixels.saturating_mul(8).max(64 << 20)
 }
 
 fn open(

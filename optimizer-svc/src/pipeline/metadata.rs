@@ -56,22 +56,53 @@ const ORIENTATION: u16 = 0x0112;
 const THUMBNAIL_OFFSET: u16 = 0x0201;
 const THUMBNAIL_LENGTH: u16 = 0x0202;
 
+/// The EXIF orientation of a JPEG, when it has a readable one.
+pub fn exif_orientation(jpeg: &[u8]) -> Option<image::metadata::Orientation> {
+    let payload = find_exif(jpeg)?;
+    let tiff = payload.get(EXIF_HEADER.len()..)?;
+    let order = ByteOrder::of(tiff)?;
+    let ifd0 = order.u32(tiff, 4)? as usize;
+    let count = usize::from(order.u16(tiff, ifd0)?);
+    (0..count)
+        .map(|i| ifd0 + 2 + 12 * i)
+        .find(|entry| order.u16(tiff, *entry) == Some(ORIENTATION))
+        .and_then(|entry| order.u16(tiff, entry + 8))
+        .and_then(|value| image::metadata::Orientation::from_exif(u8::try_from(value).ok()?))
+}
+
 /// The payload of the first APP1 segment that holds EXIF, before the scan.
 fn find_exif(jpeg: &[u8]) -> Option<&[u8]> {
-    let mut at = 2;
-    while at + 4 <= jpeg.len() && jpeg[at] == 0xFF {
-        let marker = jpeg[at + 1];
-        if marker == 0xDA || marker == 0xD9 {
-            return None; // start of scan or end: no more metadata
+    segments(jpeg)
+        .find_map(|(marker, payload)| (marker == 0xE1 && payload.starts_with(EXIF_HEADER)).then_some(payload))
+}
+
+/// The marker segments of a JPEG before its first scan, as libjpeg reads
+/// them: bytes that are not a marker between two segments (junk some
+/// writers leave) are skipped, as are 0xFF fill bytes.
+fn segments(jpeg: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut at = 2; // after SOI
+    std::iter::from_fn(move || {
+        loop {
+            // libjpeg's next_marker: skip to a 0xFF, then past fill bytes.
+            while at < jpeg.len() && jpeg[at] != 0xFF {
+                at += 1;
+            }
+            while at + 1 < jpeg.len() && jpeg[at + 1] == 0xFF {
+                at += 1;
+            }
+            let marker = *jpeg.get(at + 1)?;
+            match marker {
+                0xDA | 0xD9 => return None,           // start of scan or end: no more metadata
+                0x00 | 0x01 | 0xD0..=0xD7 => at += 2, // not a segment
+                _ => {
+                    let length = usize::from(u16::from_be_bytes([*jpeg.get(at + 2)?, *jpeg.get(at + 3)?]));
+                    let payload = jpeg.get(at + 4..(at + 2 + length).max(at + 4))?;
+                    at += 2 + length.max(2);
+                    return Some((marker, payload));
+                }
+            }
         }
-        let length = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
-        let payload = jpeg.get(at + 4..at + 2 + length)?;
-        if marker == 0xE1 && payload.starts_with(EXIF_HEADER) {
-            return Some(payload);
-        }
-        at += 2 + length;
-    }
-    None
+    })
 }
 
 /// Calls `visit` with the offset of each 12-byte entry of the IFD at
@@ -138,5 +169,55 @@ impl ByteOrder {
         };
         bytes.get_mut(at..at + 4)?.copy_from_slice(&b);
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use image::metadata::Orientation;
+
+    use super::*;
+
+    /// SOI, an APP1 EXIF segment with IFD0 holding one orientation entry,
+    /// then `rest`.
+    fn with_orientation(value: u16, junk: &[u8]) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+        tiff.extend_from_slice(&1u16.to_be_bytes());
+        tiff.extend_from_slice(&ORIENTATION.to_be_bytes());
+        tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_be_bytes());
+        tiff.extend_from_slice(&value.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // padding, next IFD = 0
+        let payload = [EXIF_HEADER, &tiff].concat();
+        let mut jpeg = vec![0xFF, 0xD8];
+        jpeg.extend_from_slice(junk);
+        jpeg.extend_from_slice(&[0xFF, 0xE1]);
+        jpeg.extend_from_slice(&u16::try_from(payload.len() + 2).unwrap().to_be_bytes());
+        jpeg.extend_from_slice(&payload);
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0, 2, 0xFF, 0xD9]);
+        jpeg
+    }
+
+    #[test]
+    fn orientation_is_read_past_junk_and_fill_bytes() {
+        assert_eq!(
+            exif_orientation(&with_orientation(6, &[])),
+            Some(Orientation::Rotate90)
+        );
+        assert_eq!(
+            exif_orientation(&with_orientation(3, &[0x00, 0x42, 0xFF, 0xFF])),
+            Some(Orientation::Rotate180)
+        );
+        assert_eq!(
+            exif_orientation(&with_orientation(9, &[])),
+            None,
+            "not an orientation"
+        );
+        assert_eq!(exif_orientation(&[0xFF, 0xD8, 0xFF, 0xDA]), None);
+        assert_eq!(
+            exif_orientation(&[0xFF, 0xD8, 0xFF, 0xE1, 0xFF]),
+            None,
+            "cut short"
+        );
     }
 }

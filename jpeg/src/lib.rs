@@ -1,0 +1,391 @@
+//! JPEG decoding through libjpeg-turbo's TurboJPEG 3 API, with the one thing
+//! the `turbojpeg` crate cannot say: whether a failure was a *warning*.
+//!
+//! libjpeg decodes through many kinds of damage that cameras, editors and
+//! old software leave behind (junk bytes before a marker, an unknown Adobe
+//! transform code, a corrupt ICC chunk) and reports each as a warning after
+//! producing the whole image, as every viewer shows it. TurboJPEG returns
+//! `-1` for those too, and only `tj3GetErrorCode` tells them from real
+//! errors; the `turbojpeg` crate folds both into one error. This crate is
+//! the small safe wrapper that keeps them apart, and also sets the limits
+//! libjpeg offers against hostile files (memory, progressive scans).
+//!
+//! It is the one crate of the workspace with `unsafe` code: the FFI calls,
+//! each with the invariant it relies on written next to it.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::{
+    ffi::{CStr, c_int},
+    ptr::NonNull,
+};
+
+use turbojpeg::raw;
+
+/// Ceilings libjpeg enforces while it reads a file.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Memory libjpeg may take for its own buffers (coefficients of a
+    /// progressive image, mostly), in MiB.
+    pub max_memory_mib: u32,
+    /// Most scans a progressive JPEG may have: each costs a pass over the
+    /// whole image, so thousands of tiny scans are a CPU bomb.
+    pub max_scans: u32,
+}
+
+/// What a JPEG's header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub width: u32,
+    pub height: u32,
+    pub colorspace: Colorspace,
+    /// The ICC profile, reassembled from its APP2 chunks wherever they
+    /// stand before the first scan.
+    pub icc_profile: Option<Vec<u8>>,
+}
+
+/// The colour space of the JPEG's samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Colorspace {
+    Rgb,
+    YCbCr,
+    Gray,
+    Cmyk,
+    Ycck,
+}
+
+impl Colorspace {
+    /// Whether libjpeg can turn its samples into RGB (not CMYK or YCCK).
+    pub fn decodes_to_rgb(self) -> bool {
+        matches!(self, Colorspace::Rgb | Colorspace::YCbCr | Colorspace::Gray)
+    }
+}
+
+/// A decode that libjpeg could not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A step that succeeded, with the warning libjpeg raised on the way, if any
+/// (the last one, when there were several).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded<T> {
+    pub value: T,
+    pub warning: Option<String>,
+}
+
+/// A downscale applied while decoding, in the DCT domain: `1/denominator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scale {
+    pub denominator: u8,
+}
+
+impl Scale {
+    pub const FULL: Scale = Scale { denominator: 1 };
+
+    /// The scales libjpeg-turbo decodes to for nearly free: 1/8, 1/4, 1/2, 1.
+    pub const ALL: [Scale; 4] = [
+        Scale { denominator: 8 },
+        Scale { denominator: 4 },
+        Scale { denominator: 2 },
+        Scale::FULL,
+    ];
+
+    /// A side's length at this scale, rounded up as libjpeg does.
+    pub fn apply(self, side: u32) -> u32 {
+        side.div_ceil(u32::from(self.denominator))
+    }
+}
+
+/// One TurboJPEG decompressor; reuse it for several images on one thread.
+pub struct Decompressor {
+    handle: NonNull<std::ffi::c_void>,
+}
+
+// SAFETY: a TurboJPEG instance has no thread affinity; it must only not be
+// used from two threads at once, which `&mut self` on every call ensures.
+unsafe impl Send for Decompressor {}
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from tj3Init and is destroyed once, here.
+        unsafe { raw::tj3Destroy(self.handle.as_ptr()) }
+    }
+}
+
+impl Decompressor {
+    pub fn new(limits: Limits) -> Result<Self, Error> {
+        // SAFETY: tj3Init takes an init type and returns a new handle or null.
+        let handle = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as c_int) };
+        let handle = NonNull::new(handle).ok_or_else(|| Error(global_error()))?;
+        let mut decompressor = Self { handle };
+        decompressor.set(raw::TJPARAM_TJPARAM_MAXMEMORY, limits.max_memory_mib)?;
+        decompressor.set(raw::TJPARAM_TJPARAM_SCANLIMIT, limits.max_scans)?;
+        // Warnings never stop a decode: they are reported with its result.
+        decompressor.set(raw::TJPARAM_TJPARAM_STOPONWARNING, 0)?;
+        Ok(decompressor)
+    }
+
+    /// Reads the header (and the ICC profile) without decoding any pixel.
+    pub fn read_header(&mut self, jpeg: &[u8]) -> Result<Decoded<Header>, Error> {
+        // SAFETY: the buffer is valid for `jpeg.len()` bytes for the call.
+        let status = unsafe {
+            raw::tj3DecompressHeader(self.handle.as_ptr(), jpeg.as_ptr(), jpeg.len() as raw::size_t)
+        };
+        let warning = self.outcome(status)?;
+        let width = self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH);
+        let height = self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT);
+        let colorspace = match self.get(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS {
+            raw::TJCS_TJCS_RGB => Colorspace::Rgb,
+            raw::TJCS_TJCS_YCbCr => Colorspace::YCbCr,
+            raw::TJCS_TJCS_GRAY => Colorspace::Gray,
+            raw::TJCS_TJCS_CMYK => Colorspace::Cmyk,
+            raw::TJCS_TJCS_YCCK => Colorspace::Ycck,
+            other => return Err(Error(format!("unknown JPEG colour space {other}"))),
+        };
+        let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
+            return Err(Error(format!("the header claims a {width}×{height} image")));
+        };
+        let icc_profile = self.icc_profile();
+        Ok(Decoded {
+            value: Header {
+                width,
+                height,
+                colorspace,
+                icc_profile,
+            },
+            warning,
+        })
+    }
+
+    /// Decodes `jpeg` at `scale` into `out` as packed RGB, `width * 3` bytes
+    /// a row, where `width`×`height` is the header's size at that scale.
+    /// Fails for the colour spaces libjpeg cannot turn into RGB.
+    pub fn decode_rgb(
+        &mut self,
+        jpeg: &[u8],
+        scale: Scale,
+        out: &mut [u8],
+    ) -> Result<Decoded<(u32, u32)>, Error> {
+        let header = self.read_header(jpeg)?.value;
+        if !header.colorspace.decodes_to_rgb() {
+            return Err(Error(format!(
+                "{:?} samples cannot be decoded to RGB",
+                header.colorspace
+            )));
+        }
+        let (width, height) = (scale.apply(header.width), scale.apply(header.height));
+        let pitch = width as usize * 3;
+        if out.len() < pitch * height as usize {
+            return Err(Error(format!(
+                "the output buffer holds {} bytes, not the {} of a {width}×{height} RGB image",
+                out.len(),
+                pitch * height as usize
+            )));
+        }
+        let factor = raw::tjscalingfactor {
+            num: 1,
+            denom: c_int::from(scale.denominator),
+        };
+        // SAFETY: plain value argument on a valid handle.
+        let status = unsafe { raw::tj3SetScalingFactor(self.handle.as_ptr(), factor) };
+        self.outcome(status)?;
+        let pitch_c = c_int::try_from(pitch).map_err(|_| Error("the image is too wide".into()))?;
+        // SAFETY: `jpeg` is valid for its length; `out` holds at least
+        // `pitch * height` bytes (checked above), which is what libjpeg
+        // writes for this header at this scaling factor, `pitch` a row.
+        let status = unsafe {
+            raw::tj3Decompress8(
+                self.handle.as_ptr(),
+                jpeg.as_ptr(),
+                jpeg.len() as raw::size_t,
+                out.as_mut_ptr(),
+                pitch_c,
+                raw::TJPF_TJPF_RGB,
+            )
+        };
+        let warning = self.outcome(status)?;
+        Ok(Decoded {
+            value: (width, height),
+            warning,
+        })
+    }
+
+    /// `Ok(None)` for success, `Ok(Some(warning))` for a warning, `Err` for
+    /// an error.
+    fn outcome(&mut self, status: c_int) -> Result<Option<String>, Error> {
+        if status == 0 {
+            return Ok(None);
+        }
+        let message = self.error_message();
+        // SAFETY: valid handle.
+        let code = unsafe { raw::tj3GetErrorCode(self.handle.as_ptr()) };
+        if code as raw::TJERR == raw::TJERR_TJERR_WARNING {
+            Ok(Some(message))
+        } else {
+            Err(Error(message))
+        }
+    }
+
+    fn icc_profile(&mut self) -> Option<Vec<u8>> {
+        let mut buffer: *mut u8 = std::ptr::null_mut();
+        let mut size: raw::size_t = 0;
+        // SAFETY: both out-pointers are valid for writes; on success the
+        // buffer is ours to free with tj3Free.
+        let status = unsafe { raw::tj3GetICCProfile(self.handle.as_ptr(), &mut buffer, &mut size) };
+        if status != 0 || buffer.is_null() {
+            return None;
+        }
+        // SAFETY: TurboJPEG allocated `size` bytes at `buffer`.
+        let profile = unsafe { std::slice::from_raw_parts(buffer, size as usize) }.to_vec();
+        // SAFETY: allocated by TurboJPEG, freed once.
+        unsafe { raw::tj3Free(buffer.cast()) };
+        (!profile.is_empty()).then_some(profile)
+    }
+
+    fn set(&mut self, parameter: raw::TJPARAM, value: u32) -> Result<(), Error> {
+        let value = c_int::try_from(value).unwrap_or(c_int::MAX);
+        // SAFETY: valid handle; the parameter is one of the enum's values.
+        let status = unsafe { raw::tj3Set(self.handle.as_ptr(), parameter as c_int, value) };
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(Error(self.error_message()))
+        }
+    }
+
+    fn get(&mut self, parameter: raw::TJPARAM) -> c_int {
+        // SAFETY: valid handle; the parameter is one of the enum's values.
+        unsafe { raw::tj3Get(self.handle.as_ptr(), parameter as c_int) }
+    }
+
+    fn error_message(&mut self) -> String {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by
+        // the instance, valid until its next call; it is copied at once.
+        unsafe { CStr::from_ptr(raw::tj3GetErrorStr(self.handle.as_ptr())) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn global_error() -> String {
+    // SAFETY: with a null handle, the thread's last global error message.
+    unsafe { CStr::from_ptr(raw::tj3GetErrorStr(std::ptr::null_mut())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_memory_mib: 256,
+        max_scans: 500,
+    };
+
+    /// A 32×16 JPEG made by libjpeg-turbo itself: left half red, right blue.
+    fn sample() -> Vec<u8> {
+        compress(false)
+    }
+
+    fn compress(progressive: bool) -> Vec<u8> {
+        let mut rgb = Vec::new();
+        for _y in 0..16 {
+            for x in 0..32 {
+                rgb.extend_from_slice(if x < 16 { &[220, 20, 20] } else { &[20, 20, 220] });
+            }
+        }
+        let mut compressor = turbojpeg::Compressor::new().unwrap();
+        compressor.set_quality(90).unwrap();
+        compressor.set_progressive(progressive).unwrap();
+        compressor
+            .compress_to_vec(turbojpeg::Image {
+                pixels: rgb.as_slice(),
+                width: 32,
+                pitch: 96,
+                height: 16,
+                format: turbojpeg::PixelFormat::RGB,
+            })
+            .unwrap()
+    }
+
+    /// Inserts `bytes` just before the first marker `marker` (e.g. 0xDB, DQT).
+    fn insert_before_marker(jpeg: &[u8], marker: u8, bytes: &[u8]) -> Vec<u8> {
+        let at = jpeg
+            .windows(2)
+            .position(|w| w == [0xFF, marker])
+            .expect("the marker");
+        [&jpeg[..at], bytes, &jpeg[at..]].concat()
+    }
+
+    #[test]
+    fn a_clean_file_decodes_without_warning_at_every_scale() {
+        let jpeg = sample();
+        let mut decompressor = Decompressor::new(LIMITS).unwrap();
+        let header = decompressor.read_header(&jpeg).unwrap();
+        assert_eq!(header.warning, None);
+        assert_eq!((header.value.width, header.value.height), (32, 16));
+        for scale in Scale::ALL {
+            let mut out = vec![0; 32 * 16 * 3];
+            let decoded = decompressor.decode_rgb(&jpeg, scale, &mut out).unwrap();
+            assert_eq!(decoded.value, (scale.apply(32), scale.apply(16)));
+            assert_eq!(decoded.warning, None);
+            assert!(out[0] > 150 && out[2] < 80, "red on the left: {:?}", &out[..3]);
+        }
+    }
+
+    #[test]
+    fn junk_before_a_marker_is_a_warning_and_the_image_decodes() {
+        let jpeg = insert_before_marker(&sample(), 0xDB, &[0x00, 0x13, 0x37]);
+        let mut decompressor = Decompressor::new(LIMITS).unwrap();
+        let mut out = vec![0; 32 * 16 * 3];
+        let decoded = decompressor.decode_rgb(&jpeg, Scale::FULL, &mut out).unwrap();
+        let warning = decoded.warning.expect("libjpeg warns");
+        assert!(warning.contains("extraneous bytes before marker"), "{warning}");
+        // The last row is there too: red then blue, not grey fill.
+        let last_row = &out[15 * 96..];
+        assert!(last_row[0] > 150 && last_row[2] < 80, "{:?}", &last_row[..3]);
+        assert!(last_row[95] > 150 && last_row[93] < 80, "{:?}", &last_row[93..]);
+    }
+
+    #[test]
+    fn the_scan_limit_refuses_progressive_files_with_more_scans() {
+        let progressive = compress(true);
+        let mut out = vec![0; 32 * 16 * 3];
+        let mut strict = Decompressor::new(Limits {
+            max_scans: 2,
+            ..LIMITS
+        })
+        .unwrap();
+        let error = strict
+            .decode_rgb(&progressive, Scale::FULL, &mut out)
+            .unwrap_err();
+        assert!(error.0.contains("scans"), "{error}");
+        let mut usual = Decompressor::new(LIMITS).unwrap();
+        assert!(usual.decode_rgb(&progressive, Scale::FULL, &mut out).is_ok());
+    }
+
+    #[test]
+    fn real_errors_stay_errors() {
+        let mut decompressor = Decompressor::new(LIMITS).unwrap();
+        let mut out = vec![0; 32 * 16 * 3];
+        assert!(
+            decompressor
+                .decode_rgb(b"\xFF\xD8\xFF\xE0 not a jpeg", Scale::FULL, &mut out)
+                .is_err()
+        );
+        // A buffer too small is refused before libjpeg writes into it.
+        let mut small = vec![0; 10];
+        let error = decompressor
+            .decode_rgb(&sample(), Scale::FULL, &mut small)
+            .unwrap_err();
+        assert!(error.0.contains("output buffer"), "{error}");
+    }
+}

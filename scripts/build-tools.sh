@@ -1,0 +1,67 @@
+# Sourced by scripts/run.sh and scripts/test.sh: makes sure the tools the
+# build needs besides Rust and a C compiler are there. libjpeg-turbo is
+# built from source with its SIMD code, which takes cmake and nasm.
+#
+# When one is missing it is installed: with the system's package manager
+# when this user may use it (root, or sudo without a password), else
+# without root under the cache directory (cmake from PyPI, nasm unpacked
+# from Debian's archive). When neither can work, the exact command to run
+# is printed and the script stops.
+
+NWS_TOOLS="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}/tools"
+CMAKE_FROM_PYPI="cmake==3.31.6"
+
+ensure_build_tools() {
+  mkdir -p "$NWS_TOOLS/bin"
+  export PATH="$NWS_TOOLS/bin:$PATH"
+  if command -v cmake >/dev/null && command -v nasm >/dev/null; then
+    return 0
+  fi
+  local missing
+  missing="$(for tool in cmake nasm; do command -v "$tool" >/dev/null || printf '%s ' "$tool"; done)"
+  echo "==> installing the build tools libjpeg-turbo needs: $missing" >&2
+
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo="sudo"
+  fi
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
+    $sudo apt-get update -q >&2
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q $missing >&2
+  elif command -v dnf >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
+    # shellcheck disable=SC2086
+    $sudo dnf install -y $missing >&2
+  else
+    install_without_root
+  fi
+
+  if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
+    cat >&2 <<'HELP'
+error: building needs cmake and nasm, and they could not be installed here.
+Install them, then run this command again:
+  Debian, Ubuntu:  sudo apt-get install cmake nasm
+  Fedora:          sudo dnf install cmake nasm
+  macOS:           brew install cmake nasm
+HELP
+    return 1
+  fi
+}
+
+# No root: user-space copies under $NWS_TOOLS.
+install_without_root() {
+  if ! command -v cmake >/dev/null && command -v python3 >/dev/null; then
+    python3 -m venv "$NWS_TOOLS/cmake-venv" >&2 &&
+      "$NWS_TOOLS/cmake-venv/bin/python" -m pip install --quiet --disable-pip-version-check "$CMAKE_FROM_PYPI" >&2 &&
+      ln -sf "$NWS_TOOLS/cmake-venv/bin/cmake" "$NWS_TOOLS/bin/cmake"
+  fi
+  if ! command -v nasm >/dev/null && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+    local download
+    download="$(mktemp -d)"
+    if (cd "$download" && apt-get download nasm >&2); then
+      dpkg-deb -x "$download"/nasm_*.deb "$NWS_TOOLS/nasm" &&
+        ln -sf "$NWS_TOOLS/nasm/usr/bin/nasm" "$NWS_TOOLS/bin/nasm"
+    fi
+    rm -rf "$download"
+  fi
+}
