@@ -1,4 +1,4 @@
-# One image with all three binaries; each container runs one of them.
+# One image with every binary; each container runs one of them.
 #   docker build -t nws-watermark .
 FROM rust:1.95-bookworm AS build
 # libjpeg-turbo is built from source, with its SIMD code.
@@ -8,7 +8,7 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --workspace --bins \
  && mkdir /out \
- && cp target/release/gateway target/release/optimizer-svc target/release/storage-svc /out/
+ && cp target/release/nws-mesh target/release/gateway target/release/optimizer-svc target/release/storage-svc /out/
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/nws nws \
@@ -19,6 +19,6 @@ WORKDIR /var/lib/nws
 ENV NWS_DATA_DIR=/var/lib/nws/data \
     NWS_LOG_FORMAT=json
 EXPOSE 3000 50051 50052
-# The gateway alone runs the whole mesh; set NWS_OPTIMIZER_URL and
-# NWS_STORAGE_URL to use separately deployed services instead.
-CMD ["gateway"]
+# The whole mesh in one container by default; deployments run `gateway`,
+# `optimizer-svc` and `storage-svc` apart (see docker-compose.yml, k8s/).
+CMD ["nws-mesh"]

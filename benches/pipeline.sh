@@ -15,12 +15,12 @@ VENV="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}/bench-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check pyvips==3.0.0
 
-cargo build --release --locked -p gateway >&2
+cargo build --release --locked -p nws-mesh >&2
 DATA="$(mktemp -d)"
 LOG="$DATA/mesh.log"
 NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
 NWS_DATA_DIR="$DATA" NWS_OPTIMIZER_WORKERS=1 NWS_LOG_FORMAT=json \
-  "$CARGO_TARGET_DIR/release/gateway" > "$LOG" 2>&1 &
+  "$CARGO_TARGET_DIR/release/nws-mesh" > "$LOG" 2>&1 &
 MESH=$!
 trap 'kill $MESH 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do grep -q '"service":"gateway"' "$LOG" 2>/dev/null && break; sleep 0.1; done

@@ -12,7 +12,7 @@ dpkg -s libvips42 >/dev/null 2>&1 || apt-get install -y -qq libvips42 >&2
 VENV="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}/bench-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check pyvips==3.0.0
-cargo build --release --locked -p gateway >&2
+cargo build --release --locked -p nws-mesh >&2
 
 echo "| run | parallel | images/s | peak RSS (MiB) |"
 echo "|---|---:|---:|---:|"
@@ -21,7 +21,7 @@ for WORKERS in 1 2; do
   LOG="$DATA/mesh.log"
   NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
   NWS_DATA_DIR="$DATA" NWS_OPTIMIZER_WORKERS="$WORKERS" NWS_LOG_FORMAT=json \
-    "$CARGO_TARGET_DIR/release/gateway" > "$LOG" 2>&1 &
+    "$CARGO_TARGET_DIR/release/nws-mesh" > "$LOG" 2>&1 &
   MESH=$!
   for _ in $(seq 100); do grep -q '"service":"gateway"' "$LOG" 2>/dev/null && break; sleep 0.1; done
   ADDR="$(grep -o '"service":"gateway","addr":"[^"]*"' "$LOG" | sed 's/.*"addr":"//; s/"$//')"
