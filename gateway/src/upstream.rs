@@ -66,17 +66,16 @@ impl Upstreams {
         job: &RenderJob,
         priority: RenderPriority,
     ) -> Result<(OptimizeHeader, Bytes), ApiError> {
-        let failed = ApiError::from_stream(Upstream::Optimizer);
-        let responses = OptimizerClient::new(self.optimizer.clone())
-            .render(self.request(job.request(true, priority)))
-            .await
-            .map_err(ApiError::from_status(Upstream::Optimizer))?
-            .into_inner();
-        let (header, bytes) = stream::open(responses).await.map_err(failed)?;
-        let bytes = stream::collect(bytes, header.size, MAX_RESULT_BYTES)
-            .await
-            .map_err(ApiError::from_stream(Upstream::Optimizer))?;
-        Ok((header, bytes))
+        let read = async {
+            let responses = OptimizerClient::new(self.optimizer.clone())
+                .render(self.request(job.request(true, priority)))
+                .await?
+                .into_inner();
+            let (header, bytes) = stream::open(responses).await?;
+            let bytes = stream::collect(bytes, header.size, MAX_RESULT_BYTES).await?;
+            Ok((header, bytes))
+        };
+        read.await.map_err(ApiError::from_stream(Upstream::Optimizer))
     }
 
     /// Opens a stored object: its description, then its bytes as a stream.
@@ -92,14 +91,11 @@ impl Upstreams {
             namespace: namespace.into(),
         });
         async move {
-            let responses = storage
-                .get(request)
-                .await
-                .map_err(ApiError::from_status(Upstream::Storage))?
-                .into_inner();
-            stream::open(responses)
-                .await
-                .map_err(ApiError::from_stream(Upstream::Storage))
+            let open = async {
+                let responses = storage.get(request).await?.into_inner();
+                stream::open(responses).await
+            };
+            open.await.map_err(ApiError::from_stream(Upstream::Storage))
         }
     }
 
