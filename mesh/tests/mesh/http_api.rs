@@ -13,15 +13,14 @@ async fn an_upload_returns_a_watermarked_image_that_fits_1920x1080() {
     let mesh = Mesh::start();
     let photo = test_image(KLEIBER);
     let response = mesh
-        .http
-        .post(mesh.url("/v1/watermark"))
-        .multipart(form(
-            photo.clone(),
-            &[("wm_text", "NWS © 2026"), ("wm_position", "bottom-right")],
-        ))
-        .send()
-        .await
-        .expect("upload");
+        .post_form(
+            "/v1/watermark",
+            form(
+                photo.clone(),
+                &[("wm_text", "NWS © 2026"), ("wm_position", "bottom-right")],
+            ),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "image/jpeg");
@@ -75,12 +74,11 @@ async fn an_upload_returns_a_watermarked_image_that_fits_1920x1080() {
 async fn a_raw_body_takes_its_options_from_the_query() {
     let mesh = Mesh::start();
     let response = mesh
-        .http
-        .post(mesh.url("/v1/watermark?format=webp&wm_position=top-left&max_width=800&max_height=800"))
-        .body(test_image("seeding_alpha_2000x1125.png"))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1/watermark?format=webp&wm_position=top-left&max_width=800&max_height=800",
+            test_image("seeding_alpha_2000x1125.png"),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/webp");
     let image = decode(&response.bytes().await.unwrap());
@@ -95,13 +93,7 @@ async fn the_same_bytes_uploaded_twice_are_stored_once() {
     let mut answers = Vec::new();
     // The Go original's route and the versioned one share the store.
     for route in ["/upload", "/v1/watermark"] {
-        let response = mesh
-            .http
-            .post(mesh.url(route))
-            .multipart(form(photo.clone(), &[]))
-            .send()
-            .await
-            .unwrap();
+        let response = mesh.post_form(route, form(photo.clone(), &[])).await;
         assert_eq!(response.status(), 200, "{route}");
         answers.push((
             response.headers()["x-original-sha256"]
@@ -124,24 +116,11 @@ async fn the_same_bytes_uploaded_twice_are_stored_once() {
     );
     assert_eq!(mesh.stored_originals().len(), 1, "{:?}", mesh.stored_originals());
 
-    let status: serde_json::Value = mesh
-        .http
-        .get(mesh.url(&format!("/status/{key}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = mesh.get(&format!("/status/{key}")).await.json().await.unwrap();
     assert_eq!(status["size"], photo.len());
     assert_eq!(status["media_type"], "image/jpeg");
 
-    let original = mesh
-        .http
-        .get(mesh.url(&format!("/image/{key}")))
-        .send()
-        .await
-        .unwrap();
+    let original = mesh.get(&format!("/image/{key}")).await;
     assert_eq!(original.status(), 200);
     assert_eq!(original.headers()["etag"], format!("\"{key}\"").as_str());
     assert_eq!(original.headers()["content-type"], "image/jpeg");
@@ -155,15 +134,11 @@ async fn the_same_bytes_uploaded_twice_are_stored_once() {
 async fn options_sent_after_the_image_field_still_apply() {
     let mesh = Mesh::start();
     let response = mesh
-        .http
-        .post(mesh.url("/v1/watermark"))
-        .multipart(form(
-            test_image(KLEIBER),
-            &[("format", "png"), ("max_width", "400")],
-        ))
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/v1/watermark",
+            form(test_image(KLEIBER), &[("format", "png"), ("max_width", "400")]),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/png");
     let image = decode(&response.bytes().await.unwrap());
@@ -200,12 +175,8 @@ async fn bad_requests_get_json_errors_with_grpc_gateway_statuses() {
     assert!(message.contains("quality 500"), "{message}");
 
     let message = assert_json_error(
-        mesh.http
-            .post(mesh.url("/v1/watermark?wm_position=middle"))
-            .body(test_image("tiny_16x16.jpg"))
-            .send()
-            .await
-            .unwrap(),
+        mesh.post("/v1/watermark?wm_position=middle", test_image("tiny_16x16.jpg"))
+            .await,
         400,
         "INVALID_ARGUMENT",
     )
@@ -254,13 +225,7 @@ async fn bad_requests_get_json_errors_with_grpc_gateway_statuses() {
 async fn unknown_options_are_refused_naming_the_known_ones() {
     let mesh = Mesh::start();
     let photo = test_image("tiny_16x16.jpg");
-    let typo = mesh
-        .http
-        .post(mesh.url("/v1/watermark?wm_positon=center"))
-        .body(photo.clone())
-        .send()
-        .await
-        .unwrap();
+    let typo = mesh.post("/v1/watermark?wm_positon=center", photo.clone()).await;
     let message = assert_json_error(typo, 400, "INVALID_ARGUMENT").await;
     assert!(
         message.starts_with(
@@ -280,13 +245,7 @@ async fn unknown_options_are_refused_naming_the_known_ones() {
         for (name, value) in rest {
             form = form.text(name.to_string(), value.to_string());
         }
-        let response = mesh
-            .http
-            .post(mesh.url("/v1/watermark"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let response = mesh.post_form("/v1/watermark", form).await;
         let message = assert_json_error(response, 400, "INVALID_ARGUMENT").await;
         assert!(message.contains("unknown option"), "{message}");
         assert!(
@@ -304,23 +263,13 @@ async fn unknown_options_are_refused_naming_the_known_ones() {
 async fn avif_uploads_are_refused_before_they_are_stored() {
     let mesh = Mesh::start();
     let avif = mesh
-        .http
-        .post(mesh.url("/v1/watermark?format=avif"))
-        .body(test_image("tiny_16x16.jpg"))
-        .send()
+        .post("/v1/watermark?format=avif", test_image("tiny_16x16.jpg"))
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
     let stored_before = mesh.stored_originals();
-    let response = mesh
-        .http
-        .post(mesh.url("/v1/watermark"))
-        .body(avif.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = mesh.post("/v1/watermark", avif.to_vec()).await;
     let message = assert_json_error(response, 415, "INVALID_ARGUMENT").await;
     assert_eq!(
         message,
@@ -401,16 +350,16 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, serde
 #[tokio::test]
 async fn health_and_readiness() {
     let mesh = Mesh::start();
-    let live = mesh.http.get(mesh.url("/healthz")).send().await.unwrap();
+    let live = mesh.get("/healthz").await;
     assert_eq!(live.status(), 200);
     // Ready once Storage's first backend check has passed, moments after start.
-    let mut ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+    let mut ready = mesh.get("/readyz").await;
     for _ in 0..100 {
         if ready.status() == 200 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+        ready = mesh.get("/readyz").await;
     }
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
@@ -423,18 +372,14 @@ async fn health_and_readiness() {
     let dead_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let degraded = Mesh::start_with(&[("NWS_STORAGE_URL", &dead_url)]);
-    let ready = degraded.http.get(degraded.url("/readyz")).send().await.unwrap();
+    let ready = degraded.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["upstreams"]["optimizer"]["status"], "SERVING");
     assert_eq!(body["upstreams"]["storage"]["status"], "UNAVAILABLE");
     let upload = degraded
-        .http
-        .post(degraded.url("/v1/watermark"))
-        .multipart(form(test_image("tiny_16x16.jpg"), &[]))
-        .send()
-        .await
-        .unwrap();
+        .post_form("/v1/watermark", form(test_image("tiny_16x16.jpg"), &[]))
+        .await;
     let message = assert_json_error(upload, 503, "UNAVAILABLE").await;
     assert_eq!(message, "the storage service is unavailable; retry shortly");
 }
@@ -467,12 +412,11 @@ async fn format_auto_follows_the_accept_header_and_bytes_decide_the_input_type()
         .mime_str("image/jpeg")
         .unwrap();
     let response = mesh
-        .http
-        .post(mesh.url("/v1/watermark"))
-        .multipart(reqwest::multipart::Form::new().part("image", part))
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/v1/watermark",
+            reqwest::multipart::Form::new().part("image", part),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],

@@ -133,13 +133,7 @@ async fn the_embedded_storage_uses_s3_when_configured() {
     env.push(("NWS_STORAGE_HEALTH_INTERVAL", "100ms"));
     let mesh = Mesh::start_with(&env);
     let photo = test_image(KLEIBER);
-    let response = mesh
-        .http
-        .post(mesh.url("/v1/watermark"))
-        .multipart(form(photo.clone(), &[]))
-        .send()
-        .await
-        .unwrap();
+    let response = mesh.post_form("/v1/watermark", form(photo.clone(), &[])).await;
     assert_eq!(response.status(), 200);
     let key = sha256_hex(&photo);
     assert_eq!(response.headers()["x-original-sha256"], key.as_str());
@@ -148,12 +142,7 @@ async fn the_embedded_storage_uses_s3_when_configured() {
     let object = s3.root().join(S3Server::BUCKET).join("originals").join(&key);
     assert!(std::fs::read(&object).expect("object in the bucket") == photo);
     assert!(mesh.stored_originals().is_empty());
-    let original = mesh
-        .http
-        .get(mesh.url(&format!("/image/{key}")))
-        .send()
-        .await
-        .unwrap();
+    let original = mesh.get(&format!("/image/{key}")).await;
     assert_eq!(original.status(), 200);
     assert!(original.bytes().await.unwrap() == photo);
 
@@ -162,7 +151,7 @@ async fn the_embedded_storage_uses_s3_when_configured() {
     let readiness_becomes = |wanted: u16| async move {
         let mut seen = (0, String::new());
         for _ in 0..100 {
-            let ready = mesh.http.get(mesh.url("/readyz")).send().await.unwrap();
+            let ready = mesh.get("/readyz").await;
             let code = ready.status().as_u16();
             let body: serde_json::Value = ready.json().await.unwrap();
             seen = (code, body["upstreams"]["storage"].to_string());

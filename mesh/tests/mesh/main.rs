@@ -66,6 +66,26 @@ impl Mesh {
             .expect("GET reaches the gateway")
     }
 
+    /// `POST path` with `body` (a raw upload, or JSON text).
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .expect("POST reaches the gateway")
+    }
+
+    /// `POST path` with a multipart form.
+    pub async fn post_form(&self, path: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .multipart(form)
+            .send()
+            .await
+            .expect("POST reaches the gateway")
+    }
+
     /// Waits until Storage keeps the result `key` (written in the
     /// background after the response) and returns its description.
     pub async fn until_result_stored(&self, key: &str) -> serde_json::Value {

@@ -124,13 +124,7 @@ async fn json_and_text_are_compressed_and_images_never_are() {
 async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
     let mesh = Mesh::start();
     let photo = test_image("tiny_16x16.jpg");
-    let uploaded = mesh
-        .http
-        .post(mesh.url("/v1/watermark?format=jpeg"))
-        .body(photo.clone())
-        .send()
-        .await
-        .unwrap();
+    let uploaded = mesh.post("/v1/watermark?format=jpeg", photo.clone()).await;
     let key = uploaded.headers()["etag"]
         .to_str()
         .unwrap()
@@ -180,13 +174,7 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
     let unknown_field = mesh.get(&format!("/v1/originals/{sha}?colour=red")).await;
     let message = assert_json_error(unknown_field, 400, "INVALID_ARGUMENT").await;
     assert!(message.contains("colour"), "{message}");
-    let bad_json = mesh
-        .http
-        .post(mesh.url("/v1/probe"))
-        .body("{\"header\": 5}")
-        .send()
-        .await
-        .unwrap();
+    let bad_json = mesh.post("/v1/probe", "{\"header\": 5}").await;
     assert_json_error(bad_json, 400, "INVALID_ARGUMENT").await;
 
     let openapi: serde_json::Value = mesh.get("/openapi.json").await.json().await.unwrap();
@@ -245,13 +233,7 @@ async fn a_client_that_disconnects_cancels_the_optimizer_call() {
     };
     let photo = test_image(KLEIBER);
     // Stored first, so the next upload reaches the optimizer at once.
-    let stored = mesh
-        .http
-        .post(mesh.url("/v1/watermark?format=jpeg"))
-        .body(photo.clone())
-        .send()
-        .await
-        .unwrap();
+    let stored = mesh.post("/v1/watermark?format=jpeg", photo.clone()).await;
     assert_eq!(stored.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(20);
     while optimize_calls() < 1 {

@@ -5,10 +5,11 @@ use nws_runtime::testing::workspace_binary;
 use nws_watermark::{
     options::Options,
     pb::{
-        Namespace, PutRequest, RenderPriority, RenderRequest, StatRequest, put_request, render_response,
+        Namespace, PutRequest, RenderPriority, RenderRequest, StatRequest, put_request,
         storage_client::StorageClient,
     },
     render::RenderJob,
+    stream::{self as framed, StreamError},
 };
 
 use crate::*;
@@ -75,23 +76,22 @@ impl Storage {
     }
 }
 
+/// Renders through the contracts' own reader of described streams, which
+/// holds the bytes to the size the header announces.
 async fn render(
     client: &mut OptimizerClient<Channel>,
     request: RenderRequest,
 ) -> Result<(OptimizeHeader, Vec<u8>), tonic::Status> {
-    let mut responses = client.render(request).await?.into_inner();
-    let header = match responses.message().await?.and_then(|m| m.payload) {
-        Some(render_response::Payload::Header(header)) => header,
-        other => panic!("expected a header first, got {other:?}"),
+    let read = async {
+        let responses = client.render(request).await?.into_inner();
+        let (header, bytes) = framed::open(responses).await?;
+        let bytes = framed::collect(bytes, header.size, u64::MAX).await?;
+        Ok((header, bytes.to_vec()))
     };
-    let mut bytes = Vec::new();
-    while let Some(message) = responses.message().await? {
-        match message.payload {
-            Some(render_response::Payload::Chunk(chunk)) => bytes.extend_from_slice(&chunk),
-            other => panic!("expected only chunks after the header, got {other:?}"),
-        }
-    }
-    Ok((header, bytes))
+    read.await.map_err(|error| match error {
+        StreamError::Status(status) => status,
+        StreamError::Protocol(what) => panic!("the optimizer broke the stream: {what}"),
+    })
 }
 
 fn job(sha256: &str, options: OptimizeOptions) -> RenderJob {
