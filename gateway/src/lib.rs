@@ -14,12 +14,15 @@ mod transcode;
 mod upload;
 mod upstream;
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use axum::Router;
 use http::Uri;
-use nws_runtime::http::{HttpConfig, HttpServer};
+use nws_runtime::{
+    http::{HttpConfig, HttpServer},
+    shutdown::Drain,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use config::GatewayConfig;
@@ -85,11 +88,11 @@ impl App {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (h2c) until `shutdown` completes, then
-    /// drains for at most `drain_timeout`.
+    /// stops as `drain` says.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
-        drain_timeout: Duration,
+        drain: Drain,
     ) -> anyhow::Result<()> {
         let Self {
             server,
@@ -102,8 +105,6 @@ impl App {
             tokio::spawn(redis.watch(watching.clone()));
         }
         let _stop_watching = watching.drop_guard();
-        server
-            .run_until_stopped(router, &http, shutdown, drain_timeout)
-            .await
+        server.run_until_stopped(router, &http, shutdown, drain).await
     }
 }

@@ -14,6 +14,7 @@ use http::Uri;
 use nws_runtime::{
     config::{CommonConfig, parse_upstream_url},
     grpc::GrpcServer,
+    shutdown::Drain,
 };
 use optimizer_svc::OptimizerConfig;
 use storage_svc::StorageConfig;
@@ -53,7 +54,13 @@ pub struct MeshConfig {
 /// Runs until `shutdown` is cancelled or a service fails. The gateway
 /// drains first, so the embedded services finish the calls it still makes.
 pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let drain = config.common.drain_timeout;
+    let drain = config.common.drain();
+    // The embedded services stop once the gateway has drained: nothing
+    // balances traffic to them, so they need no not-ready delay.
+    let embedded_drain = Drain {
+        delay: Duration::ZERO,
+        ..drain
+    };
     let services_stop = CancellationToken::new();
     let mut embedded = JoinSet::new();
 
@@ -62,7 +69,7 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
         storage_svc::build(config.storage.clone()),
         &mut embedded,
         &services_stop,
-        drain,
+        embedded_drain,
     )
     .await?;
     let optimizer_url = upstream(
@@ -70,7 +77,7 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
         optimizer_svc::build(config.optimizer.clone(), Some(storage_url.clone())),
         &mut embedded,
         &services_stop,
-        drain,
+        embedded_drain,
     )
     .await?;
     tracing::info!(optimizer = %optimizer_url, storage = %storage_url, "upstreams");
@@ -110,7 +117,7 @@ async fn upstream(
     build: impl Future<Output = anyhow::Result<GrpcServer>>,
     embedded: &mut JoinSet<anyhow::Result<()>>,
     stop: &CancellationToken,
-    drain: Duration,
+    drain: Drain,
 ) -> anyhow::Result<Uri> {
     if let Some(url) = url {
         return Ok(url);

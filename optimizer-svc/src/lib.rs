@@ -19,7 +19,7 @@ pub use error::OptimizeError;
 
 use crate::{service::OptimizerService, storage::OriginalStore};
 
-/// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain_timeout)`.
+/// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain)`.
 pub type App = GrpcServer;
 
 /// Binds the listener and sets up the worker pool; nothing is served until

@@ -20,9 +20,26 @@ pub struct CommonConfig {
     #[arg(long, env = "NWS_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// After SIGTERM/SIGINT, how long servers keep accepting while they
+    /// report themselves not ready (gRPC health NOT_SERVING, `/readyz`
+    /// 503), so load balancers stop sending before the port closes. A few
+    /// seconds behind a Kubernetes Service; `0s` when nothing balances.
+    #[arg(long, env = "NWS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// Log line format; the level filter comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "NWS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl CommonConfig {
+    /// How the process's servers stop.
+    pub fn drain(&self) -> crate::shutdown::Drain {
+        crate::shutdown::Drain {
+            delay: self.shutdown_delay,
+            timeout: self.drain_timeout,
+        }
+    }
 }
 
 /// How log lines are written to standard output.

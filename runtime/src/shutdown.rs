@@ -1,5 +1,7 @@
 //! One shutdown signal for every server in the process.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -44,42 +46,53 @@ pub fn on_signal() -> CancellationToken {
     token
 }
 
+/// How a server stops once told to: it reports itself not ready and keeps
+/// serving for `delay`, then stops accepting and gives in-flight work at
+/// most `timeout` before abandoning it.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
 /// Runs a server built by `serve` (which is handed the future that tells it
-/// to stop accepting) until `shutdown` completes; then runs `before_drain`
-/// (e.g. reporting NOT_SERVING), stops accepting, and waits at most
-/// `drain_timeout` for in-flight work before giving up on it.
+/// to stop accepting) until `shutdown` completes; then runs `not_ready`
+/// (e.g. reporting NOT_SERVING), keeps serving for the drain's delay, stops
+/// accepting, and waits at most the drain's timeout for in-flight work.
 pub async fn serve_with_drain<S, E>(
     name: &'static str,
     serve: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> S,
     shutdown: impl Future<Output = ()>,
-    before_drain: impl Future<Output = ()>,
-    drain_timeout: std::time::Duration,
+    not_ready: impl Future<Output = ()>,
+    drain: Drain,
 ) -> anyhow::Result<()>
 where
     S: Future<Output = Result<(), E>>,
     E: Into<anyhow::Error>,
 {
+    let failed = |e: E, when: &str| e.into().context(format!("{name}: server failed{when}"));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = serve(Box::pin(async {
         let _ = stop_rx.await;
     }));
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => {
-            return result.map_err(|e| e.into().context(format!("{name}: server failed")));
-        }
+        result = &mut server => return result.map_err(|e| failed(e, "")),
         () = shutdown => {}
     }
-    before_drain.await;
+    not_ready.await;
+    tracing::info!(service = name, delay = ?drain.delay, "not ready: still serving until the delay ends");
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| failed(e, " while shutting down")),
+        () = tokio::time::sleep(drain.delay) => {}
+    }
     let _ = stop_tx.send(());
-    tracing::info!(service = name, ?drain_timeout, "draining in-flight requests");
-    match tokio::time::timeout(drain_timeout, server).await {
-        Ok(result) => {
-            result.map_err(|e| e.into().context(format!("{name}: server failed while draining")))?
-        }
+    tracing::info!(service = name, timeout = ?drain.timeout, "draining in-flight requests");
+    match tokio::time::timeout(drain.timeout, server).await {
+        Ok(result) => result.map_err(|e| failed(e, " while draining"))?,
         Err(_) => tracing::warn!(
             service = name,
-            ?drain_timeout,
+            timeout = ?drain.timeout,
             "requests still in flight at the drain deadline; abandoning them"
         ),
     }

@@ -23,7 +23,7 @@ use crate::{
     service::StorageService,
 };
 
-/// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain_timeout)`.
+/// A bound server: `local_addr()`, then `run_until_stopped(shutdown, drain)`.
 pub type App = GrpcServer;
 
 /// Opens the configured backend and binds the listener; nothing is served

@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
     nws_runtime::telemetry::init(cli.common.log_format);
     let run = async {
         let app = gateway::build(&cli.gateway, cli.optimizer_url, cli.storage_url).await?;
-        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain_timeout)
+        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain())
             .await
     };
     exit_code(run.await)

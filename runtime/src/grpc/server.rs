@@ -20,6 +20,8 @@ use tower_http::{
 
 use nws_watermark::pb::FILE_DESCRIPTOR_SET;
 
+use crate::shutdown::Drain;
+
 /// Fully-qualified name of the standard health service.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
@@ -111,13 +113,13 @@ impl GrpcServer {
         self
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, reports
-    /// NOT_SERVING, and lets in-flight calls finish for at most
-    /// `drain_timeout`.
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, keeps
+    /// serving for the drain's delay, stops accepting, and lets in-flight
+    /// calls finish for at most the drain's timeout.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
-        drain_timeout: Duration,
+        drain: Drain,
     ) -> anyhow::Result<()> {
         let Self {
             name,
@@ -172,7 +174,7 @@ impl GrpcServer {
             |stop| server.serve_with_incoming_shutdown(incoming, stop),
             shutdown,
             report_not_serving,
-            drain_timeout,
+            drain,
         )
         .await
     }

@@ -34,11 +34,16 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::config::parse_duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::parse_duration, shutdown::Drain};
 
 /// Paths every HTTP server answers for probes: never shed, so an
 /// overloaded process is not also restarted for it.
-pub const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+pub const PROBE_PATHS: [&str; 2] = ["/healthz", READINESS_PATH];
+
+/// Where every HTTP server answers whether it should be sent traffic.
+pub const READINESS_PATH: &str = "/readyz";
 
 /// Settings of an HTTP server's protocol and limits; flags with `NWS_*`
 /// environment fallbacks.
@@ -83,14 +88,15 @@ impl HttpServer {
     }
 
     /// Serves `router` over HTTP/1.1 and HTTP/2 (h2c) until `shutdown`
-    /// completes, then lets in-flight requests finish for at most
-    /// `drain_timeout`.
+    /// completes; then `/readyz` answers 503 for the drain's delay while
+    /// everything else is still served, the port closes, and in-flight
+    /// requests get at most the drain's timeout.
     pub async fn run_until_stopped(
         self,
         router: Router,
         config: &HttpConfig,
         shutdown: impl Future<Output = ()> + Send,
-        drain_timeout: Duration,
+        drain: Drain,
     ) -> anyhow::Result<()> {
         let Self {
             name,
@@ -99,15 +105,37 @@ impl HttpServer {
         } = self;
         tracing::info!(service = name, addr = %local_addr, "listening");
         let header_read_timeout = config.header_read_timeout;
+        let draining = CancellationToken::new();
+        let router = router.layer(middleware::from_fn_with_state(
+            draining.clone(),
+            not_ready_while_draining,
+        ));
         crate::shutdown::serve_with_drain(
             name,
             |stop| serve::serve(listener, router, header_read_timeout, stop),
             shutdown,
-            async {},
-            drain_timeout,
+            async move { draining.cancel() },
+            drain,
         )
         .await
     }
+}
+
+/// Once the server is stopping, `/readyz` says so, whatever the service's
+/// own readiness, so balancers stop sending before the port closes.
+async fn not_ready_while_draining(
+    State(draining): State<CancellationToken>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if draining.is_cancelled() && request.uri().path() == READINESS_PATH {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "draining", "reason": "the server is shutting down" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// The layers around every route of an HTTP server, outermost first:

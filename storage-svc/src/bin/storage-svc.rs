@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
     nws_runtime::telemetry::init(cli.common.log_format);
     let run = async {
         let app = storage_svc::build(cli.storage).await?;
-        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain_timeout)
+        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain())
             .await
     };
     exit_code(run.await)
