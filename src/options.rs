@@ -15,7 +15,7 @@ use crate::{
 /// whenever a change alters output bytes (codec settings, the font, the
 /// resampler, the ink rule): it is part of every cache key, so an upgrade
 /// never serves renders made by the old pipeline.
-pub const PIPELINE_VERSION: &str = "2026-11-27.1";
+pub const PIPELINE_VERSION: &str = "2026-11-29.1";
 
 /// Opacity of the text when the caller does not choose one.
 pub const DEFAULT_OPACITY: f32 = 0.85;
@@ -56,7 +56,7 @@ pub struct Options {
     pub quality: u8,
     /// Progressive JPEG (ignored by other formats).
     pub progressive: bool,
-    /// Copy the source's EXIF (JPEG to JPEG only).
+    /// Copy the source's EXIF (JPEG, PNG or WebP to JPEG only).
     pub keep_metadata: bool,
     pub max_width: u32,
     pub max_height: u32,

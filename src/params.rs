@@ -201,7 +201,7 @@ pub const PARAMS: &[Param] = &[
     },
     Param {
         name: "keep_metadata",
-        description: "keep the EXIF metadata, GPS included (JPEG to JPEG only; orientation reset, thumbnail erased); stripped otherwise",
+        description: "keep the EXIF metadata, GPS included (JPEG, PNG or WebP into a JPEG output; orientation reset, thumbnail erased); XMP, IPTC and ICC always stripped",
         kind: Kind::Flag,
         apply: |wire, value| {
             wire.keep_metadata = flag("keep_metadata", value)?;

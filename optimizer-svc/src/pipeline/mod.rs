@@ -138,8 +138,7 @@ pub fn run(
         .map_err(OptimizeError::Internal)?;
     if options.keep_metadata
         && format == ImageFormat::Jpeg
-        && source.format == ImageFormat::Jpeg
-        && let Some(exif) = metadata::exif_for_output(input)
+        && let Some(exif) = metadata::exif_for_output(source.format, input)
     {
         bytes = metadata::insert_exif(bytes, &exif);
     }
