@@ -374,6 +374,185 @@ mod tests {
         }
     }
 
+    fn options(wire: OptimizeOptions) -> Result<Options, BadOptions> {
+        Options::try_from(wire)
+    }
+
+    #[test]
+    fn text_length_is_counted_in_characters_up_to_the_maximum() {
+        let longest = "é".repeat(MAX_TEXT_CHARS);
+        let wire = OptimizeOptions {
+            watermark_text: longest.clone(),
+            ..Default::default()
+        };
+        assert_eq!(options(wire).unwrap().text, longest);
+        let wire = OptimizeOptions {
+            watermark_text: "é".repeat(MAX_TEXT_CHARS + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            options(wire).unwrap_err().0,
+            "watermark_text has 201 characters; at most 200 are allowed"
+        );
+    }
+
+    #[test]
+    fn opacity_is_more_than_zero_up_to_one_and_zero_means_the_default() {
+        for (given, kept) in [
+            (0.0, DEFAULT_OPACITY),
+            (0.5, 0.5),
+            (1.0, 1.0),
+            (f32::MIN_POSITIVE, f32::MIN_POSITIVE),
+        ] {
+            let wire = OptimizeOptions {
+                opacity: given,
+                ..Default::default()
+            };
+            assert_eq!(options(wire).unwrap().opacity, kept, "{given}");
+        }
+        for refused in [1.01, 1.5, -0.5, f32::NAN] {
+            let wire = OptimizeOptions {
+                opacity: refused,
+                ..Default::default()
+            };
+            let message = options(wire).unwrap_err().0;
+            assert!(
+                message.starts_with(&format!("opacity {refused} is out of range")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_box_is_at_most_max_box_side_on_each_side() {
+        let wire = OptimizeOptions {
+            max_width: MAX_BOX_SIDE,
+            max_height: MAX_BOX_SIDE,
+            ..Default::default()
+        };
+        let largest = options(wire).unwrap();
+        assert_eq!(
+            (largest.max_width, largest.max_height),
+            (MAX_BOX_SIDE, MAX_BOX_SIDE)
+        );
+        let small = options(OptimizeOptions {
+            max_width: 1,
+            max_height: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((small.max_width, small.max_height), (1, 2));
+        for (wire, name) in [
+            (
+                OptimizeOptions {
+                    max_width: MAX_BOX_SIDE + 1,
+                    ..Default::default()
+                },
+                "max_width",
+            ),
+            (
+                OptimizeOptions {
+                    max_height: MAX_BOX_SIDE + 1,
+                    ..Default::default()
+                },
+                "max_height",
+            ),
+        ] {
+            assert_eq!(
+                options(wire).unwrap_err().0,
+                format!("{name} 8193 is over the 8192-pixel maximum")
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_unspecified_format_follows_accept() {
+        let auto = options(OptimizeOptions {
+            accept: accept("image/avif"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(auto.format_follows_accept());
+        assert_eq!(auto.clone().negotiate().format, ImageFormat::Avif);
+        assert!(auto.clone().negotiate().accept.is_empty());
+
+        let named = options(OptimizeOptions {
+            format: ImageFormat::Jpeg as i32,
+            accept: accept("image/avif"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!named.format_follows_accept());
+        assert_eq!(named.negotiate().format, ImageFormat::Jpeg);
+    }
+
+    #[test]
+    fn with_format_settles_the_format_and_keeps_every_other_option() {
+        let chosen = options(OptimizeOptions {
+            watermark_text: "mine".into(),
+            quality: 60,
+            accept: accept("image/avif"),
+            ..Default::default()
+        })
+        .unwrap();
+        let settled = chosen.clone().with_format(ImageFormat::Webp);
+        assert_eq!(
+            settled,
+            Options {
+                format: ImageFormat::Webp,
+                accept: Vec::new(),
+                ..chosen
+            }
+        );
+    }
+
+    #[test]
+    fn jpeg_only_settings_count_in_the_key_only_when_the_output_may_be_jpeg() {
+        let canonical = |format: ImageFormat, progressive: bool, keep_metadata: bool| {
+            options(OptimizeOptions {
+                format: format as i32,
+                progressive,
+                keep_metadata,
+                ..Default::default()
+            })
+            .unwrap()
+            .canonical()
+        };
+        for format in [ImageFormat::Jpeg, ImageFormat::Unspecified] {
+            let plain = canonical(format, false, false);
+            assert_ne!(plain, canonical(format, true, false), "{format:?}");
+            assert_ne!(plain, canonical(format, false, true), "{format:?}");
+            assert_ne!(canonical(format, true, false), canonical(format, false, true));
+        }
+        for format in [ImageFormat::Png, ImageFormat::Webp, ImageFormat::Avif] {
+            let plain = canonical(format, false, false);
+            assert_eq!(plain, canonical(format, true, true), "{format:?}");
+        }
+        // The canonical form is the wire form, so a key can be explained.
+        let wire = OptimizeOptions::decode(canonical(ImageFormat::Jpeg, false, true).as_slice()).unwrap();
+        assert!(wire.keep_metadata && !wire.progressive);
+        assert_eq!(wire.watermark_text, DEFAULT_TEXT);
+    }
+
+    #[test]
+    fn the_wire_form_carries_every_option_back() {
+        let chosen = Options {
+            text: "mine".into(),
+            position: Position::Center,
+            opacity: 0.5,
+            tiled: true,
+            resize_filter: ResizeFilter::Fast,
+            format: ImageFormat::Png,
+            accept: accept("image/webp"),
+            quality: 42,
+            progressive: true,
+            keep_metadata: true,
+            max_width: 640,
+            max_height: 480,
+        };
+        assert_eq!(Options::try_from(chosen.to_wire()).unwrap(), chosen);
+    }
+
     #[test]
     fn control_characters_are_dropped() {
         let wire = OptimizeOptions {

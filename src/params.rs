@@ -390,9 +390,146 @@ mod tests {
     }
 
     #[test]
+    fn every_spelling_sets_its_wire_value() {
+        let after = |name: &str, value: &str| {
+            let mut wire = OptimizeOptions::default();
+            set(&mut wire, name, value).unwrap_or_else(|e| panic!("{name}={value}: {e}"));
+            wire
+        };
+        for (value, position) in [
+            ("top-left", Position::TopLeft),
+            ("Top_Right", Position::TopRight),
+            ("bottom-left", Position::BottomLeft),
+            ("bottom-right", Position::BottomRight),
+            ("center", Position::Center),
+            ("centre", Position::Center),
+        ] {
+            assert_eq!(after("wm_position", value).position, position as i32, "{value}");
+        }
+        for (value, format) in [
+            ("auto", ImageFormat::Unspecified),
+            ("jpeg", ImageFormat::Jpeg),
+            ("image/jpeg", ImageFormat::Jpeg),
+            ("png", ImageFormat::Png),
+            ("webp", ImageFormat::Webp),
+            (" AVIF ", ImageFormat::Avif),
+        ] {
+            let mut wire = OptimizeOptions {
+                format: ImageFormat::Png as i32,
+                ..Default::default()
+            };
+            set(&mut wire, "format", value).unwrap();
+            assert_eq!(wire.format, format as i32, "{value}");
+        }
+        for (value, filter) in [
+            ("lanczos3", ResizeFilter::Lanczos3),
+            ("fast", ResizeFilter::Fast),
+            ("bilinear", ResizeFilter::Fast),
+        ] {
+            assert_eq!(after("resize", value).resize_filter, filter as i32, "{value}");
+        }
+        for (value, on) in [
+            ("1", true),
+            ("yes", true),
+            ("ON", true),
+            ("true", true),
+            ("0", false),
+            ("no", false),
+            ("off", false),
+            ("False", false),
+        ] {
+            let wire = after("keep_metadata", value);
+            assert_eq!(wire.keep_metadata, on, "{value}");
+            let wire = after("progressive", value);
+            assert_eq!(wire.progressive, on, "{value}");
+        }
+        assert_eq!(after("wm_text", "mine").watermark_text, "mine");
+        assert_eq!(after("max_height", "480").max_height, 480);
+    }
+
+    #[test]
+    fn opacity_is_more_than_zero_up_to_one() {
+        for (value, opacity) in [("0.5", 0.5), (" 1 ", 1.0), ("0.01", 0.01)] {
+            let mut wire = OptimizeOptions::default();
+            set(&mut wire, "wm_opacity", value).unwrap();
+            assert_eq!(wire.opacity, opacity, "{value}");
+        }
+        for (value, expected) in [
+            ("1.01", "wm_opacity 1.01 is out of range: use more than 0 up to 1"),
+            ("-0.5", "wm_opacity -0.5 is out of range: use more than 0 up to 1"),
+            ("NaN", "wm_opacity NaN is out of range: use more than 0 up to 1"),
+            ("half", "wm_opacity \"half\" is not a number"),
+        ] {
+            let message = set(&mut OptimizeOptions::default(), "wm_opacity", value)
+                .unwrap_err()
+                .0;
+            assert_eq!(message, expected);
+        }
+    }
+
+    #[test]
+    fn integers_are_checked_against_their_documented_range() {
+        for (name, value) in [
+            ("quality", 1),
+            ("quality", 100),
+            ("max_width", 1),
+            ("max_width", MAX_BOX_SIDE),
+        ] {
+            let mut wire = OptimizeOptions::default();
+            set(&mut wire, name, &value.to_string()).unwrap();
+            assert_eq!(
+                if name == "quality" {
+                    wire.quality
+                } else {
+                    wire.max_width
+                },
+                value
+            );
+        }
+        for (name, value, expected) in [
+            ("quality", "101", "quality 101 is out of range: use 1 to 100"),
+            (
+                "max_width",
+                "8193",
+                "max_width 8193 is out of range: use 1 to 8192",
+            ),
+            ("max_height", "0", "max_height 0 is out of range: use 1 to 8192"),
+            ("max_height", "-1", "max_height \"-1\" is not a whole number"),
+        ] {
+            let message = set(&mut OptimizeOptions::default(), name, value).unwrap_err().0;
+            assert_eq!(message, expected);
+        }
+    }
+
+    #[test]
     fn typos_are_close_and_other_names_are_not() {
         assert_eq!(edit_distance("wm_txt", "wm_text"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn insertions_deletions_and_substitutions_cost_one_each() {
+        for (a, b, distance) in [
+            ("quality", "quality", 0),
+            ("qualty", "quality", 1),
+            ("quality", "qualty", 1),
+            ("quality", "qualitx", 1),
+            ("abc", "ac", 1),
+            ("abc", "", 3),
+            ("format", "fromat", 2),
+            ("resize", "max_width", 8),
+        ] {
+            assert_eq!(edit_distance(a, b), distance, "{a} -> {b}");
+            assert_eq!(edit_distance(b, a), distance, "{b} -> {a}");
+        }
+        let message = find("qualty").err().unwrap().0;
+        assert!(message.contains("(did you mean `quality`?)"), "{message}");
+        let message = find("wm_txet").err().unwrap().0;
+        assert!(message.contains("(did you mean `wm_text`?)"), "{message}");
+        let message = find("wm_tx").err().unwrap().0;
+        assert!(message.contains("(did you mean `wm_text`?)"), "{message}");
+        let message = find("wmtxet").err().unwrap().0;
+        assert!(!message.contains("did you mean"), "three edits away: {message}");
     }
 }

@@ -169,6 +169,35 @@ mod tests {
     }
 
     #[test]
+    fn a_job_keeps_what_it_was_made_from_and_its_result_is_served_by_key() {
+        let chosen = options(OptimizeOptions {
+            watermark_text: "mine".into(),
+            quality: 60,
+            ..Default::default()
+        });
+        let job = RenderJob::new(ORIGINAL.to_owned(), chosen.clone());
+        assert_eq!(job.original_sha256(), ORIGINAL);
+        assert_eq!(job.options(), &chosen);
+        assert_eq!(job.key().location(), format!("/v1/images/{}", job.key()));
+        assert_eq!(job.key().to_string().len(), 64);
+    }
+
+    #[test]
+    fn only_64_lowercase_hex_characters_are_a_sha256() {
+        assert!(is_sha256_hex(ORIGINAL));
+        assert!(is_sha256_hex(&"0".repeat(64)));
+        for bad in [
+            &ORIGINAL.to_uppercase(),
+            &ORIGINAL[..63],
+            &format!("{ORIGINAL}0"),
+            &ORIGINAL.replace('9', "g"),
+            "",
+        ] {
+            assert!(!is_sha256_hex(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn keys_round_trip_through_text_and_refuse_anything_else() {
         let key = ResultKey::derive(ORIGINAL, &options(OptimizeOptions::default()));
         assert_eq!(ResultKey::parse(&key.to_string()), Some(key));

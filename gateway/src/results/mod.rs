@@ -383,7 +383,25 @@ fn named(header: &OptimizeHeader, key: ResultKey) -> Option<ResultKey> {
 
 #[cfg(test)]
 mod tests {
-    use nws_watermark::pb::OptimizeOptions;
+    use std::{
+        collections::HashMap,
+        pin::Pin,
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+
+    use futures_util::{Stream, stream};
+    use nws_runtime::{grpc::GrpcServer, shutdown::Drain, testing::eventually};
+    use nws_watermark::pb::{
+        DeleteRequest, DeleteResponse, GetRequest, GetResponse, ObjectInfo, OptimizeOptions, OptimizeRequest,
+        OptimizeResponse, ProbeRequest, ProbeResponse, PutRequest, PutResponse, RenderRequest,
+        RenderResponse, StatRequest, StatResponse, get_response,
+        optimizer_server::{Optimizer, OptimizerServer},
+        render_response,
+        storage_server::{Storage, StorageServer},
+    };
+    use tokio_util::sync::CancellationToken;
+    use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
 
@@ -432,5 +450,384 @@ mod tests {
                 .now
                 .key()
         );
+    }
+
+    #[test]
+    fn each_source_has_its_documented_x_cache_value() {
+        let values = [
+            Source::Memory,
+            Source::Redis,
+            Source::Store,
+            Source::Rendered,
+            Source::Coalesced,
+        ]
+        .map(Source::header_value);
+        assert_eq!(values, ["HIT-L1", "HIT-L2", "HIT-STORE", "MISS", "COALESCED"]);
+    }
+
+    #[test]
+    fn a_cached_image_carries_its_headers() {
+        let key = ResultKey::parse(&"ab".repeat(32)).unwrap();
+        let image = CachedImage::new(&key, Bytes::from_static(JPEG));
+        assert_eq!(image.media_type, "image/jpeg");
+        assert_eq!(image.etag, format!("\"{}\"", "ab".repeat(32)));
+        assert_eq!(image.location, format!("/v1/images/{}", "ab".repeat(32)));
+        assert_eq!(etag(&key), image.etag);
+    }
+
+    #[test]
+    fn a_rendered_result_is_ours_only_under_our_key() {
+        let ours = Plan::new(ORIGINAL, options(ImageFormat::Jpeg, ""), false)
+            .now
+            .key();
+        let theirs = ResultKey::parse(&"0".repeat(64)).unwrap();
+        let header = |key: ResultKey| OptimizeHeader {
+            result_key: key.to_string(),
+            ..OptimizeHeader::default()
+        };
+        assert_eq!(named(&header(ours), ours), Some(ours));
+        assert_eq!(named(&header(theirs), ours), None);
+    }
+
+    /// The start of a JPEG: what the media type is judged from.
+    const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 4];
+
+    /// Tiny inline upstreams: a Storage that keeps results in a map, and an
+    /// Optimizer whose Render answers with [`JPEG`] under the job's key (or
+    /// the name it is told to use) and keeps it in that Storage, as the
+    /// real one does.
+    #[derive(Clone, Default)]
+    struct Inline {
+        results: Arc<Mutex<HashMap<String, Bytes>>>,
+        renders: Arc<AtomicUsize>,
+        /// Render names its results this instead of the job's key.
+        rename: Arc<Mutex<Option<String>>>,
+        /// Storage fails every Get with this.
+        storage_fails: Arc<Mutex<Option<Code>>>,
+    }
+
+    type Messages<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Storage for Inline {
+        type GetStream = Messages<GetResponse>;
+
+        async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+            if let Some(code) = *self.storage_fails.lock().unwrap() {
+                return Err(Status::new(code, "failing on purpose"));
+            }
+            let request = request.into_inner();
+            assert_eq!(request.namespace(), Namespace::Results);
+            let Some(bytes) = self.results.lock().unwrap().get(&request.sha256).cloned() else {
+                return Err(Status::not_found("no such result"));
+            };
+            let info = ObjectInfo {
+                sha256: request.sha256,
+                size: bytes.len() as u64,
+                ..ObjectInfo::default()
+            };
+            let messages = [
+                get_response::Payload::Info(info),
+                get_response::Payload::Chunk(bytes),
+            ]
+            .map(|payload| {
+                Ok(GetResponse {
+                    payload: Some(payload),
+                })
+            });
+            Ok(Response::new(Box::pin(stream::iter(messages))))
+        }
+
+        async fn put(&self, _: Request<Streaming<PutRequest>>) -> Result<Response<PutResponse>, Status> {
+            Err(Status::unimplemented("not needed"))
+        }
+
+        async fn stat(&self, _: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+            Err(Status::unimplemented("not needed"))
+        }
+
+        async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+            Err(Status::unimplemented("not needed"))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Optimizer for Inline {
+        type OptimizeStream = Messages<OptimizeResponse>;
+        type RenderStream = Messages<RenderResponse>;
+
+        async fn render(
+            &self,
+            request: Request<RenderRequest>,
+        ) -> Result<Response<Self::RenderStream>, Status> {
+            self.renders.fetch_add(1, Ordering::SeqCst);
+            let request = request.into_inner();
+            let options = Options::try_from(request.options.unwrap_or_default()).unwrap();
+            let key = RenderJob::new(request.original_sha256, options).key().to_string();
+            let name = self.rename.lock().unwrap().clone().unwrap_or(key);
+            let bytes = Bytes::from_static(JPEG);
+            self.results.lock().unwrap().insert(name.clone(), bytes.clone());
+            let header = OptimizeHeader {
+                size: bytes.len() as u64,
+                result_key: name,
+                ..OptimizeHeader::default()
+            };
+            let messages = [
+                render_response::Payload::Header(header),
+                render_response::Payload::Chunk(bytes),
+            ]
+            .map(|payload| {
+                Ok(RenderResponse {
+                    payload: Some(payload),
+                })
+            });
+            Ok(Response::new(Box::pin(stream::iter(messages))))
+        }
+
+        async fn optimize(
+            &self,
+            _: Request<Streaming<OptimizeRequest>>,
+        ) -> Result<Response<Self::OptimizeStream>, Status> {
+            Err(Status::unimplemented("not needed"))
+        }
+
+        async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+            Err(Status::unimplemented("not needed"))
+        }
+    }
+
+    impl Inline {
+        fn renders(&self) -> usize {
+            self.renders.load(Ordering::SeqCst)
+        }
+
+        fn store(&self, key: ResultKey) {
+            self.results
+                .lock()
+                .unwrap()
+                .insert(key.to_string(), Bytes::from_static(JPEG));
+        }
+    }
+
+    /// Results in front of a served [`Inline`]; the server stops with the
+    /// returned token.
+    async fn results(redis: Option<RedisTier>) -> (Results, Inline, tokio_util::sync::DropGuard) {
+        let upstream = Inline::default();
+        let server = GrpcServer::bind("upstreams", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .add_service(StorageServer::new(upstream.clone()))
+            .await
+            .add_service(OptimizerServer::new(upstream.clone()))
+            .await;
+        let uri: http::Uri = format!("http://{}", server.local_addr()).parse().unwrap();
+        let stop = CancellationToken::new();
+        let drain = Drain {
+            delay: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        };
+        tokio::spawn(server.run_until_stopped(stop.clone().cancelled_owned(), drain));
+        let upstreams = Upstreams::connect_lazy(uri.clone(), uri, Duration::from_secs(10));
+        (
+            Results::new(1 << 20, redis, upstreams, 1),
+            upstream,
+            stop.drop_guard(),
+        )
+    }
+
+    fn job(text: &str) -> RenderJob {
+        let options = Options::try_from(OptimizeOptions {
+            watermark_text: text.to_owned(),
+            format: ImageFormat::Jpeg as i32,
+            ..OptimizeOptions::default()
+        })
+        .unwrap();
+        RenderJob::new(ORIGINAL.to_owned(), options)
+    }
+
+    fn plan(job: &RenderJob) -> Plan {
+        Plan {
+            now: job.clone(),
+            later: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_renders_once_and_memory_answers_after() {
+        let (results, upstream, _server) = results(None).await;
+        let job = job("miss");
+        let found = results
+            .answer(plan(&job), &mut ServerTiming::start())
+            .await
+            .unwrap();
+        assert_eq!(found.source, Source::Rendered);
+        assert_eq!(found.header.unwrap().result_key, job.key().to_string());
+        assert_eq!(found.image.bytes, JPEG);
+        assert_eq!(found.image.etag, etag(&job.key()));
+        let again = results
+            .answer(plan(&job), &mut ServerTiming::start())
+            .await
+            .unwrap();
+        assert_eq!((again.source, again.header), (Source::Memory, None));
+        let by_key = results.find(job.key(), &mut ServerTiming::start()).await.unwrap();
+        assert_eq!(by_key.source, Source::Memory);
+        assert_eq!(upstream.renders(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_result_storage_keeps_is_served_without_rendering_and_unknown_keys_are_not_found() {
+        let (results, upstream, _server) = results(None).await;
+        let job = job("stored");
+        upstream.store(job.key());
+        let found = results.find(job.key(), &mut ServerTiming::start()).await.unwrap();
+        assert_eq!(
+            (found.source, found.image.media_type),
+            (Source::Store, "image/jpeg")
+        );
+        let found = results
+            .answer(plan(&job), &mut ServerTiming::start())
+            .await
+            .unwrap();
+        assert_eq!(found.source, Source::Memory);
+        assert_eq!(upstream.renders(), 0);
+
+        let unknown = results
+            .find(self::job("unknown").key(), &mut ServerTiming::start())
+            .await;
+        assert!(
+            matches!(unknown, Err(ApiError::NotFound(_))),
+            "{:?}",
+            unknown.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_storage_is_an_error_not_a_miss() {
+        let (results, upstream, _server) = results(None).await;
+        *upstream.storage_fails.lock().unwrap() = Some(Code::Unavailable);
+        let failed = results
+            .answer(plan(&job("down")), &mut ServerTiming::start())
+            .await;
+        match failed {
+            Err(error) => assert_eq!(error.upstream_code(Upstream::Storage), Some(Code::Unavailable)),
+            Ok(found) => panic!("answered from {:?}", found.source),
+        }
+        assert_eq!(upstream.renders(), 0, "nothing is rendered on a storage outage");
+    }
+
+    #[tokio::test]
+    async fn a_result_named_otherwise_is_served_under_its_name_and_kept_nowhere_under_ours() {
+        let (results, upstream, _server) = results(None).await;
+        let theirs = "0".repeat(64);
+        *upstream.rename.lock().unwrap() = Some(theirs.clone());
+        let job = job("renamed");
+        let found = results
+            .answer(plan(&job), &mut ServerTiming::start())
+            .await
+            .unwrap();
+        assert_eq!(found.source, Source::Rendered);
+        assert_eq!(found.image.etag, format!("\"{theirs}\""));
+        let again = results
+            .answer(plan(&job), &mut ServerTiming::start())
+            .await
+            .unwrap();
+        assert_eq!(again.source, Source::Rendered, "not kept in memory under our key");
+        assert_eq!(upstream.renders(), 2);
+
+        // Nor by a background render.
+        results.render_later(self::job("renamed later"));
+        eventually("the background render ran", async || {
+            (upstream.renders() == 3).then_some(())
+        })
+        .await;
+        eventually("the background render finished", async || {
+            results
+                .background
+                .in_flight
+                .lock()
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            results
+                .memory
+                .get(&self::job("renamed later").key())
+                .await
+                .map(|_| ()),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_background_render_fills_memory_once() {
+        let (results, upstream, _server) = results(None).await;
+        let job = job("later");
+        results.render_later(job.clone());
+        results.render_later(job.clone());
+        eventually("the background render filled memory", async || {
+            results.memory.contains_key(&job.key()).then_some(())
+        })
+        .await;
+        let found = results.find(job.key(), &mut ServerTiming::start()).await.unwrap();
+        assert_eq!(found.source, Source::Memory);
+        assert_eq!(
+            upstream.renders(),
+            1,
+            "the same job is not rendered twice at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rendered_result_is_copied_to_redis_and_redis_answers_another_gateway() {
+        let url = nws_runtime::config::SecretUrl::new(
+            std::env::var("NWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let prefix = format!("nws-unit:{}:{nanos}:results:", std::process::id());
+        let tier = || {
+            RedisTier::new(
+                &url,
+                Duration::from_secs(2),
+                prefix.clone(),
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
+        let (results, upstream, _server) = results(Some(tier())).await;
+        assert!(results.redis().is_some());
+        let job = job("shared");
+        results
+            .answer(plan(&job), &mut ServerTiming::start())
+            .await
+            .unwrap();
+        let redis = tier();
+        eventually("the result in redis", async || {
+            redis.get(&job.key()).await.map(|_| ())
+        })
+        .await;
+
+        // Another gateway, with its own memory, finds it in Redis.
+        let (other, other_upstream, _other_server) = self::results(Some(tier())).await;
+        let found = other.find(job.key(), &mut ServerTiming::start()).await.unwrap();
+        assert_eq!((found.source, found.image.bytes.as_ref()), (Source::Redis, JPEG));
+        assert_eq!(other_upstream.renders() + upstream.renders(), 1);
+
+        // A result found in Storage is copied to Redis too.
+        let stored = self::job("stored");
+        other_upstream.store(stored.key());
+        let found = other
+            .find(stored.key(), &mut ServerTiming::start())
+            .await
+            .unwrap();
+        assert_eq!(found.source, Source::Store);
+        eventually("the stored result in redis", async || {
+            redis.get(&stored.key()).await.map(|_| ())
+        })
+        .await;
     }
 }

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts, redis};
+use deadpool_redis::{Config, Pool, PoolConfig, PoolError, Runtime, Timeouts, redis};
 use nws_runtime::config::SecretUrl;
 use nws_watermark::render::ResultKey;
 use tokio_util::sync::CancellationToken;
@@ -189,11 +189,15 @@ impl RedisTier {
             detail,
         };
         let attempt = async {
-            let mut connection = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| failed(format!("connection: {e}")))?;
+            let mut connection = self.pool.get().await.map_err(|e| match e {
+                // The pool's own deadlines are NWS_REDIS_TIMEOUT too (a
+                // connection that is made or checked but never answered).
+                PoolError::Timeout(_) => Failure {
+                    down: Down::TimedOut,
+                    detail: format!("connection: {e}"),
+                },
+                e => failed(format!("connection: {e}")),
+            })?;
             command
                 .query_async::<T>(&mut connection)
                 .await
@@ -206,5 +210,108 @@ impl RedisTier {
                 detail: format!("{:?}", self.timeout),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real Redis: the test command's (NWS_TEST_REDIS_URL), or
+    //! the one on the default port, with a key prefix per test.
+
+    use nws_runtime::testing::eventually;
+
+    use super::*;
+
+    fn redis_url() -> SecretUrl {
+        SecretUrl::new(
+            std::env::var("NWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        )
+    }
+
+    fn tier_at(url: SecretUrl, timeout: Duration, name: &str) -> RedisTier {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let prefix = format!("nws-unit:{}:{nanos}:{name}:", std::process::id());
+        RedisTier::new(&url, timeout, prefix, Duration::from_secs(60)).unwrap()
+    }
+
+    fn key(byte: u8) -> ResultKey {
+        ResultKey::parse(&format!("{byte:02x}").repeat(32)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn results_round_trip_under_the_tiers_own_prefix() {
+        let tier = tier_at(redis_url(), Duration::from_secs(2), "a");
+        let other = tier_at(redis_url(), Duration::from_secs(2), "b");
+        assert_eq!(tier.get(&key(1)).await, None, "a miss is None");
+        tier.set(&key(1), b"image bytes").await;
+        assert_eq!(tier.get(&key(1)).await.as_deref(), Some(&b"image bytes"[..]));
+        assert_eq!(tier.get(&key(2)).await, None, "another key");
+        assert_eq!(other.get(&key(1)).await, None, "another prefix");
+        assert!(tier.status().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failure_makes_every_call_a_miss_until_a_ping_succeeds() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tier = tier_at(
+            SecretUrl::new(format!("redis://127.0.0.1:{port}")),
+            Duration::from_secs(2),
+            "down",
+        );
+        assert!(tier.status().is_ok(), "assumed up until a call fails");
+        assert_eq!(tier.get(&key(1)).await, None);
+        let reason = tier.status().unwrap_err();
+        assert_eq!(reason.to_string(), "unreachable or failing");
+
+        // A tier marked down skips Redis even while it answers, and the
+        // watcher's ping brings it back.
+        let tier = tier_at(redis_url(), Duration::from_secs(2), "back");
+        tier.set(&key(3), b"kept").await;
+        tier.mark_down(&Failure {
+            down: Down::TimedOut,
+            detail: "test".to_owned(),
+        });
+        assert_eq!(
+            tier.status().unwrap_err().to_string(),
+            "no answer within NWS_REDIS_TIMEOUT"
+        );
+        assert_eq!(tier.get(&key(3)).await, None, "skipped while down");
+        tier.set(&key(4), b"dropped").await;
+        let stop = CancellationToken::new();
+        let watcher = tokio::spawn(tier.clone().watch(stop.clone()));
+        eventually("redis marked up again", async || tier.status().ok()).await;
+        stop.cancel();
+        watcher.await.unwrap();
+        assert_eq!(tier.get(&key(3)).await.as_deref(), Some(&b"kept"[..]));
+        assert_eq!(tier.get(&key(4)).await, None, "a set while down is not sent");
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_does_not_answer_in_time_is_a_miss() {
+        // Accepts connections (the kernel's backlog) but never replies.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = SecretUrl::new(format!("redis://{}", silent.local_addr().unwrap()));
+        let tier = tier_at(url, Duration::from_millis(100), "silent");
+        // The point is the timeout: a miss an order of magnitude sooner
+        // than a hang would show.
+        let started = std::time::Instant::now();
+        assert_eq!(tier.get(&key(1)).await, None);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            tier.status().unwrap_err().to_string(),
+            "no answer within NWS_REDIS_TIMEOUT"
+        );
     }
 }

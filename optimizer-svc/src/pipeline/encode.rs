@@ -160,4 +160,93 @@ mod tests {
         );
         assert_eq!(resolve_format(ImageFormat::Png, &chrome, &rgb), ImageFormat::Png);
     }
+
+    /// A vertical ramp: each row's value is its own, so a wrong row stride
+    /// shows.
+    fn ramp(width: u32, height: u32, channels: u8) -> Pixels {
+        let data = (0..height)
+            .flat_map(|y| {
+                (0..width * u32::from(channels)).map(move |i| {
+                    if channels == 4 && i % 4 == 3 {
+                        255
+                    } else {
+                        (y * 255 / (height - 1)) as u8
+                    }
+                })
+            })
+            .collect();
+        Pixels {
+            width,
+            height,
+            channels,
+            data,
+        }
+    }
+
+    #[test]
+    fn each_format_encodes_the_pixels_at_their_size() {
+        for channels in [3, 4] {
+            let pixels = ramp(24, 16, channels);
+            for format in [
+                ImageFormat::Jpeg,
+                ImageFormat::Png,
+                ImageFormat::Webp,
+                ImageFormat::Avif,
+            ] {
+                let encoded = encode(&pixels, format, 90, false).unwrap();
+                assert_eq!(nws_watermark::media::sniff(&encoded), Some(format), "{channels}");
+                if format == ImageFormat::Avif {
+                    // No AVIF decoder here: its size is in the `ispe` box
+                    // (version and flags, then width and height).
+                    let at = encoded.windows(4).position(|w| w == b"ispe").unwrap() + 8;
+                    let side = |at: usize| u32::from_be_bytes(encoded[at..at + 4].try_into().unwrap());
+                    assert_eq!((side(at), side(at + 4)), (24, 16), "{channels}");
+                    continue;
+                }
+                let decoded = image::load_from_memory(&encoded).unwrap().to_rgb8();
+                assert_eq!(decoded.dimensions(), (24, 16), "{format:?} {channels}");
+                // Rows keep their own values: top dark, bottom light.
+                for (y, expected) in [(0, 0), (8, 136), (15, 255)] {
+                    let value = i32::from(decoded.get_pixel(12, y)[0]);
+                    assert!(
+                        (value - expected).abs() <= 24,
+                        "{format:?} {channels}: row {y} is {value}"
+                    );
+                }
+            }
+            assert!(encode(&pixels, ImageFormat::Gif, 90, false).is_err());
+            assert!(encode(&pixels, ImageFormat::Unspecified, 90, false).is_err());
+        }
+    }
+
+    #[test]
+    fn jpeg_subsamples_chroma_below_quality_90_only_and_is_progressive_on_request() {
+        let pixels = ramp(32, 32, 3);
+        let subsampling = |quality: u8| {
+            let jpeg = encode(&pixels, ImageFormat::Jpeg, quality, false).unwrap();
+            turbojpeg::read_header(&jpeg).unwrap().subsamp
+        };
+        assert_eq!(subsampling(89), Subsamp::Sub2x2);
+        assert_eq!(subsampling(90), Subsamp::None);
+        let baseline = encode(&pixels, ImageFormat::Jpeg, 85, false).unwrap();
+        let progressive = encode(&pixels, ImageFormat::Jpeg, 85, true).unwrap();
+        // SOF0 is baseline, SOF2 progressive.
+        assert!(baseline.windows(2).any(|m| m == [0xFF, 0xC0]));
+        assert!(progressive.windows(2).any(|m| m == [0xFF, 0xC2]));
+        assert!(!progressive.windows(2).any(|m| m == [0xFF, 0xC0]));
+    }
+
+    #[test]
+    fn transparency_is_composited_over_white_for_jpeg() {
+        let rgba = [
+            10, 20, 30, 255, // opaque: unchanged
+            10, 20, 30, 0, // transparent: white
+            0, 0, 0, 128, // half: halfway to white, rounded
+            200, 100, 0, 64,
+        ];
+        assert_eq!(
+            flatten_on_white(&rgba),
+            [10, 20, 30, 255, 255, 255, 127, 127, 127, 241, 216, 191]
+        );
+    }
 }

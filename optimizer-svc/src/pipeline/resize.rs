@@ -53,7 +53,55 @@ pub fn resize(pixels: Pixels, width: u32, height: u32, filter: ResizeFilter) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::fit_within;
+    use super::*;
+
+    /// A horizontal ramp, opaque: each pixel's value is its column's.
+    fn ramp(width: u32, height: u32, channels: u8) -> Pixels {
+        let data = (0..height)
+            .flat_map(|_| {
+                (0..width).flat_map(move |x| {
+                    let value = (x * 255 / (width - 1)) as u8;
+                    [value, value, value, 255].into_iter().take(usize::from(channels))
+                })
+            })
+            .collect();
+        Pixels {
+            width,
+            height,
+            channels,
+            data,
+        }
+    }
+
+    #[test]
+    fn resamples_to_the_size_asked_keeping_the_picture() {
+        for channels in [3, 4] {
+            for filter in [ResizeFilter::Lanczos3, ResizeFilter::Fast] {
+                let resized = resize(ramp(64, 32, channels), 16, 8, filter).unwrap();
+                assert_eq!(
+                    (resized.width, resized.height, resized.channels),
+                    (16, 8, channels)
+                );
+                assert_eq!(resized.data.len(), 16 * 8 * usize::from(channels));
+                // Still a ramp from dark on the left to light on the right.
+                let row: Vec<u8> = resized.data[..16 * usize::from(channels)]
+                    .chunks_exact(usize::from(channels))
+                    .map(|pixel| pixel[0])
+                    .collect();
+                assert!(row[0] < 20 && row[15] > 235, "{channels} {filter:?}: {row:?}");
+                assert!(row.windows(2).all(|pair| pair[0] <= pair[1]), "{row:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_size_is_the_same_pixels() {
+        let pixels = ramp(8, 4, 3);
+        let same = resize(pixels.clone(), 8, 4, ResizeFilter::Lanczos3).unwrap();
+        assert_eq!((same.width, same.height, same.data), (8, 4, pixels.data));
+        let narrower = resize(ramp(8, 4, 3), 4, 4, ResizeFilter::Fast).unwrap();
+        assert_eq!((narrower.width, narrower.height), (4, 4));
+    }
 
     #[test]
     fn fits_the_box_keeping_the_ratio_and_never_enlarges() {
@@ -62,5 +110,8 @@ mod tests {
         assert_eq!(fit_within(30000, 10, 1920, 1080), (1920, 1));
         assert_eq!(fit_within(16, 16, 1920, 1080), (16, 16));
         assert_eq!(fit_within(1920, 1080, 1920, 1080), (1920, 1080));
+        assert_eq!(fit_within(1921, 1080, 1920, 1080), (1920, 1079));
+        assert_eq!(fit_within(1920, 1081, 1920, 1080), (1918, 1080));
+        assert_eq!(fit_within(100, 5000, 640, 480), (10, 480));
     }
 }
