@@ -21,20 +21,8 @@ ensure_build_tools() {
   missing="$(for tool in cmake nasm; do command -v "$tool" >/dev/null || printf '%s ' "$tool"; done)"
   echo "==> installing the build tools libjpeg-turbo needs: $missing" >&2
 
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    sudo="sudo"
-  fi
-  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
-    $sudo apt-get update -q >&2
-    # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q $missing >&2
-  elif command -v dnf >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
-    # shellcheck disable=SC2086
-    $sudo dnf install -y $missing >&2
-  else
-    install_without_root
-  fi
+  # shellcheck disable=SC2086
+  system_install $missing || install_without_root
 
   if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
     cat >&2 <<'HELP'
@@ -44,6 +32,25 @@ Install them, then run this command again:
   Fedora:          sudo dnf install cmake nasm
   macOS:           brew install cmake nasm
 HELP
+    return 1
+  fi
+}
+
+# Installs Debian/Fedora packages (same names on both for what we need)
+# with the system's package manager, as root or with password-less sudo.
+# Fails, installing nothing, when this user may not.
+system_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null && sudo -n true 2>/dev/null || return 1
+    sudo="sudo"
+  fi
+  if command -v apt-get >/dev/null; then
+    $sudo apt-get update -q >&2 &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "$@" >&2
+  elif command -v dnf >/dev/null; then
+    $sudo dnf install -y "$@" >&2
+  else
     return 1
   fi
 }

@@ -24,28 +24,52 @@ ensure_build_tools
 cmake --version | head -1
 nasm -v
 
-step "Redis: the machine's on 127.0.0.1:6379, or a private one when none answers"
-if ! command -v redis-server >/dev/null; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server
+step "system tools the tests use: python3 with venv, redis-server"
+# A bare machine has Rust and a C compiler only. These come from the
+# system's packages (Debian names), as root or with password-less sudo.
+missing=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  if ! system_install "${missing[@]}"; then
+    cat >&2 <<HELP
+error: the tests need ${missing[*]}, and this user cannot install packages
+(neither root nor password-less sudo). Install them, then run this again:
+  Debian, Ubuntu:  sudo apt-get install ${missing[*]}
+  Fedora:          sudo dnf install python3 redis
+HELP
+    exit 1
+  fi
 fi
+python3 --version
+
+step "Redis: the machine's on 127.0.0.1:6379, or a private one when none answers"
 redis_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'PING\r\n' >&3 && read -r -t 2 reply <&3 && [[ "$reply" == +PONG* ]]) 2>/dev/null; }
 if redis_answers 6379; then
   export NWS_TEST_REDIS_URL="redis://127.0.0.1:6379"
 else
-  REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >/dev/null &
-  REDIS_PID=$!
+  # redis-server cannot be handed a bound socket: take a port the system
+  # calls free, and another if redis-server finds it taken by then.
+  for _ in 1 2 3 4 5; do
+    REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >/dev/null &
+    REDIS_PID=$!
+    for _ in $(seq 50); do
+      redis_answers "$REDIS_PORT" && break
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    redis_answers "$REDIS_PORT" && kill -0 "$REDIS_PID" 2>/dev/null && break
+    kill "$REDIS_PID" 2>/dev/null || true
+  done
   trap 'kill "$REDIS_PID" 2>/dev/null || true' EXIT
-  for _ in $(seq 50); do redis_answers "$REDIS_PORT" && break; sleep 0.1; done
   redis_answers "$REDIS_PORT" || { echo "the private redis-server did not start" >&2; exit 1; }
   export NWS_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 fi
 echo "NWS_TEST_REDIS_URL=$NWS_TEST_REDIS_URL ($(redis-server --version | cut -d' ' -f1-3))"
 
-step "test tools: grpcio-tools (Python client codegen), grpcurl and boto3 (from PyPI)"
+step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator"
 VENV="$TOOLS/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"

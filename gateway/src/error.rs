@@ -77,12 +77,15 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn from_status(upstream: Upstream) -> impl FnOnce(tonic::Status) -> Self {
-        move |status| Self::Upstream { upstream, status }
+        move |status| Self::Upstream {
+            upstream,
+            status: deadline_as_such(status),
+        }
     }
 
     pub fn from_stream(upstream: Upstream) -> impl FnOnce(StreamError) -> Self {
         move |error| match error {
-            StreamError::Status(status) => Self::Upstream { upstream, status },
+            StreamError::Status(status) => Self::from_status(upstream)(status),
             StreamError::Protocol(what) => Self::Protocol { upstream, what },
         }
     }
@@ -117,6 +120,24 @@ impl ApiError {
             other => other.to_string(),
         }
     }
+}
+
+/// A tonic server whose `grpc-timeout` deadline passes answers CANCELLED
+/// ("Timeout expired"), where the gRPC spec says DEADLINE_EXCEEDED. The
+/// gateway never reads the status of a call it cancelled itself (dropping
+/// a call leaves no status to read), so an upstream's CANCELLED always
+/// means the deadline the gateway sent ran out: it is reported as such
+/// (504, naming NWS_UPSTREAM_TIMEOUT), not as a client that went away.
+fn deadline_as_such(status: tonic::Status) -> tonic::Status {
+    if status.code() != Code::Cancelled {
+        return status;
+    }
+    tonic::Status::with_details_and_metadata(
+        Code::DeadlineExceeded,
+        status.message(),
+        status.details().to_vec().into(),
+        status.metadata().clone(),
+    )
 }
 
 /// The gateway's own words for an upstream's status code.
@@ -197,6 +218,17 @@ mod tests {
         };
         assert_eq!(refusal.client_message(), "the image is 9×9, over the limit");
         assert_eq!(refusal.code_and_status().1, StatusCode::BAD_REQUEST);
+
+        // tonic's words for a server-side grpc-timeout expiry.
+        let expired = ApiError::from_status(Upstream::Optimizer)(tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(
+            expired.client_message(),
+            "the optimizer service did not answer in time (NWS_UPSTREAM_TIMEOUT)"
+        );
+        assert_eq!(
+            expired.code_and_status(),
+            (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT)
+        );
 
         let broken = ApiError::from_stream(Upstream::Optimizer)(StreamError::Protocol("short"));
         assert_eq!(

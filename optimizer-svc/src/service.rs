@@ -154,6 +154,7 @@ impl OptimizerService {
             admission.finished = true;
             return Err(OptimizeError::Busy { admitted: before });
         }
+        tracing::debug!(admitted = before + 1, capacity = self.capacity, "call admitted");
         if priority == RenderPriority::Background {
             match Arc::clone(&self.workers).try_acquire_owned() {
                 Ok(worker) => admission.worker = Some(worker),
@@ -181,19 +182,11 @@ impl OptimizerService {
                 .map_err(|e| OptimizeError::Internal(e.into()))?,
         };
         let limits = self.limits;
-        let job = tokio::task::spawn_blocking(move || {
+        off_the_runtime("pipeline", move || {
             let _worker = worker;
             pipeline::run(&input, &options, &limits, &cancel)
-        });
-        match job.await {
-            Ok(result) => result,
-            // A codec panic must not take the process down: it becomes this
-            // call's INTERNAL error, with the cause in the log.
-            Err(join_error) => Err(OptimizeError::Internal(anyhow::anyhow!(
-                "pipeline panicked: {}",
-                nws_runtime::panic::join_error_message(join_error)
-            ))),
-        }
+        })
+        .await
     }
 
     /// Runs `work` as an admitted call: a call dropped half-way (its client
@@ -215,6 +208,22 @@ impl OptimizerService {
             tracing::info!(%error, "call cancelled by the client: its upload broke off; no work was done");
         }
         result
+    }
+}
+
+/// Runs codec work on the blocking pool. A codec panic must not take the
+/// process down: it becomes this call's INTERNAL error, with the cause in
+/// the log.
+async fn off_the_runtime<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, OptimizeError> + Send + 'static,
+) -> Result<T, OptimizeError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join_error) => Err(OptimizeError::Internal(anyhow::anyhow!(
+            "{what} panicked: {}",
+            nws_runtime::panic::join_error_message(join_error)
+        ))),
     }
 }
 
@@ -348,14 +357,7 @@ impl Optimizer for OptimizerService {
 
     async fn probe(&self, request: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
         let bytes = request.into_inner().header;
-        let header = tokio::task::spawn_blocking(move || pipeline::probe(&bytes))
-            .await
-            .map_err(|e| {
-                OptimizeError::Internal(anyhow::anyhow!(
-                    "probe panicked: {}",
-                    nws_runtime::panic::join_error_message(e)
-                ))
-            })??;
+        let header = off_the_runtime("probe", move || pipeline::probe(&bytes)).await?;
         let (display_width, display_height) = header.display_size();
         Ok(Response::new(ProbeResponse {
             format: header.format as i32,
@@ -376,4 +378,31 @@ async fn keep(store: OriginalStore, key: ResultKey, bytes: Bytes) -> Result<(), 
         tracing::warn!(%key, %error, "could not keep a result in storage");
         Status::unavailable(format!("the result could not be kept in storage: {error}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_codec_panic_becomes_the_calls_internal_error() {
+        let error = off_the_runtime::<()>("pipeline", || panic!("decoder bug: index 7 out of range"))
+            .await
+            .expect_err("the panic is an error");
+        let OptimizeError::Internal(cause) = &error else {
+            panic!("not INTERNAL: {error:?}");
+        };
+        // The cause, for the log, names what panicked and why.
+        assert_eq!(
+            cause.to_string(),
+            "pipeline panicked: decoder bug: index 7 out of range"
+        );
+        let status = Status::from(error);
+        assert_eq!(status.code(), tonic::Code::Internal);
+        // The caller gets a short message, not the panic's words.
+        assert_eq!(status.message(), "the image could not be processed");
+        // The pool is still there for the next call.
+        let next = off_the_runtime("pipeline", || Ok(7)).await.unwrap();
+        assert_eq!(next, 7);
+    }
 }

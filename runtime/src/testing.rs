@@ -7,18 +7,39 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, MutexGuard, mpsc},
     time::{Duration, Instant},
 };
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits for a process to log what it expects: generous,
+/// since it only bounds a failing test (a passing one wakes on the line).
+const LOG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running service process, killed when dropped.
 pub struct ServiceProcess {
     child: Child,
     addrs: HashMap<String, SocketAddr>,
-    logs: Arc<Mutex<Vec<String>>>,
+    logs: Arc<Logs>,
+}
+
+/// The lines a process printed, and wake-ups for whoever waits for one.
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<String>>,
+    grew: tokio::sync::Notify,
+}
+
+impl Logs {
+    fn push(&self, line: String) {
+        self.lines().push(line);
+        self.grew.notify_waiters();
+    }
+
+    fn lines(&self) -> MutexGuard<'_, Vec<String>> {
+        self.lines.lock().expect("log lock")
+    }
 }
 
 impl ServiceProcess {
@@ -32,7 +53,7 @@ impl ServiceProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
 
-        let logs = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Logs::default());
         let (listening_tx, listening_rx) = mpsc::channel::<(String, SocketAddr)>();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -42,13 +63,13 @@ impl ServiceProcess {
                 if let Some(listening) = parse_listening(&line) {
                     let _ = listening_tx.send(listening);
                 }
-                stdout_logs.lock().expect("log lock").push(line);
+                stdout_logs.push(line);
             }
         });
         let stderr_logs = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                stderr_logs.lock().expect("log lock").push(line);
+                stderr_logs.push(line);
             }
         });
 
@@ -94,7 +115,54 @@ impl ServiceProcess {
 
     /// Everything the process printed so far.
     pub fn logs(&self) -> String {
-        self.logs.lock().expect("log lock").join("\n")
+        self.logs.lines().join("\n")
+    }
+
+    /// The JSON log events printed so far (other lines skipped).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        parse_events(&self.logs.lines())
+    }
+
+    /// Waits until `found` picks something out of the JSON events printed
+    /// so far (woken by each new line, not by a timer); panics naming
+    /// `what` after a generous timeout.
+    pub async fn until<T>(&self, what: &str, mut found: impl FnMut(&[serde_json::Value]) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + LOG_TIMEOUT;
+        loop {
+            // Registered before looking, so a line printed in between
+            // still wakes this task.
+            let grew = self.logs.grew.notified();
+            let mut grew = std::pin::pin!(grew);
+            grew.as_mut().enable();
+            if let Some(value) = found(&self.events()) {
+                return value;
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                panic!(
+                    "{what}: not logged within {LOG_TIMEOUT:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+        }
+    }
+
+    /// Waits until the process has logged `message` at least `count`
+    /// times; returns those events.
+    pub async fn until_logged(&self, message: &str, count: usize) -> Vec<serde_json::Value> {
+        self.until(&format!("{count} × {message:?}"), |events| {
+            let matching: Vec<_> = events
+                .iter()
+                .filter(|e| e["message"] == message)
+                .cloned()
+                .collect();
+            (matching.len() >= count).then_some(matching)
+        })
+        .await
+    }
+
+    /// How many times the process has logged `message` so far.
+    pub fn count_logged(&self, message: &str) -> usize {
+        self.events().iter().filter(|e| e["message"] == message).count()
     }
 
     /// Kills the process with SIGKILL, as a crash or the OOM killer would,
@@ -118,12 +186,18 @@ impl ServiceProcess {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        self.signal("TERM");
         self.wait(STOP_TIMEOUT)
+    }
+
+    /// Sends `signal` (`TERM`, `STOP`, `CONT`, …) without waiting.
+    pub fn signal(&self, signal: &str) {
+        send_signal(&self.child, signal);
+    }
+
+    /// Whether the process has exited (it is reaped if so).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("poll child").is_some()
     }
 
     /// Waits up to `timeout` for the process to exit by itself.
@@ -170,6 +244,31 @@ fn command(binary: &Path, env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// Polls `check` until it gives something, for states no log line
+/// announces (a port closing, a file appearing); panics naming `what`
+/// after a generous timeout.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    const POLL: Duration = Duration::from_millis(20);
+    let deadline = Instant::now() + LOG_TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {LOG_TIMEOUT:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn parse_events(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
 fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     let event: serde_json::Value = serde_json::from_str(line).ok()?;
     if event.get("message")?.as_str()? != "listening" {
@@ -207,6 +306,30 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Sends `signal` (`TERM`, `INT`, `STOP`, `CONT`, `KILL`) to `child`, with
+/// no `kill` program needed.
+pub fn send_signal(child: &Child, signal: &str) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let number = match signal {
+        "TERM" => Signal::TERM,
+        "INT" => Signal::INT,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "KILL" => Signal::KILL,
+        other => panic!("no such signal in the tests: {other}"),
+    };
+    let pid = Pid::from_child(child);
+    kill_process(pid, number).unwrap_or_else(|e| panic!("kill -{signal} {}: {e}", child.id()));
+}
+
+/// A test tool's path from an environment variable set by scripts/test.sh
+/// (`NWS_TEST_PYTHON`, `NWS_GRPCURL`, …).
+pub fn tool(variable: &str) -> PathBuf {
+    std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{variable} is not set: run the suite with scripts/test.sh, which installs it")
+    })
+}
+
 /// Every file under `dir`, at any depth (none when it does not exist).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -237,6 +360,28 @@ pub fn test_images_dir() -> PathBuf {
 pub fn test_image(name: &str) -> Vec<u8> {
     let path = test_images_dir().join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A PNG of `width` × `height` RGB pixels that compresses to almost
+/// nothing (each row repeats the one above), yet every pixel has to be
+/// inflated and unfiltered: at tens of megapixels, kilobytes to send and
+/// a decode and resize long enough for a test to cancel the job while
+/// they run.
+pub fn large_png(width: u32, height: u32) -> Vec<u8> {
+    use image::ImageEncoder as _;
+    let row: Vec<u8> = (0..width)
+        .flat_map(|x| [(x / 7) as u8, (x / 3) as u8, (x % 251) as u8])
+        .collect();
+    let pixels = row.repeat(height as usize);
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut png,
+        image::codecs::png::CompressionType::Default,
+        image::codecs::png::FilterType::Up,
+    )
+    .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
+    .expect("encode a PNG");
+    png
 }
 
 /// A real S3-protocol server (`s3s-fs`, from crates.io) over a temporary

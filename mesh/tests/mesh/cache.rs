@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use nws_runtime::testing::test_image;
+use nws_runtime::testing::{eventually, send_signal, test_image};
 
 use crate::{Mesh, assert_json_error};
 
@@ -43,6 +43,15 @@ fn redis_command(url: &str, args: &[&str]) -> String {
     let mut reply = [0u8; 512];
     let read = stream.read(&mut reply).unwrap();
     String::from_utf8_lossy(&reply[..read]).into_owned()
+}
+
+/// A command whose reply is an integer (`:42`).
+fn redis_integer(url: &str, args: &[&str]) -> i64 {
+    let reply = redis_command(url, args);
+    reply
+        .strip_prefix(':')
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{args:?}: not an integer reply: {reply:?}"))
 }
 
 struct Upload {
@@ -86,27 +95,32 @@ async fn upload(mesh: &Mesh, image: &[u8], query: &str, accept: Option<&str>) ->
 /// Repeats `attempt` until it returns the `X-Cache` wanted (a background
 /// fill may land a moment after the response that caused it).
 async fn until_cache(wanted: &str, mut attempt: impl AsyncFnMut() -> Upload) -> Upload {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(&format!("X-Cache: {wanted}"), async || {
         let got = attempt().await;
-        if got.cache == wanted || Instant::now() > deadline {
-            assert_eq!(got.cache, wanted, "timing: {}", got.timing);
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (got.cache == wanted).then_some(got)
+    })
+    .await
+}
+
+/// A mesh on the shared Redis under a key prefix of its own, with no L1,
+/// so repeats reach Redis and Storage; returns it, Redis' URL and the
+/// prefix.
+fn mesh_on_shared_redis(extra: &[(&str, &str)]) -> (Mesh, String, String) {
+    let prefix = unique_prefix();
+    let redis = shared_redis_url();
+    let mut env = vec![
+        ("NWS_REDIS_URL", redis.as_str()),
+        ("NWS_REDIS_PREFIX", prefix.as_str()),
+        ("NWS_CACHE_MEMORY", "0"),
+    ];
+    env.extend_from_slice(extra);
+    let mesh = Mesh::start_with(&env);
+    (mesh, redis, prefix)
 }
 
 #[tokio::test]
 async fn each_tier_misses_then_hits_and_fills_the_tiers_above_it() {
-    let prefix = unique_prefix();
-    let redis = shared_redis_url();
-    // No L1, so repeats reach Redis and Storage.
-    let mesh = Mesh::start_with(&[
-        ("NWS_REDIS_URL", &redis),
-        ("NWS_REDIS_PREFIX", &prefix),
-        ("NWS_CACHE_MEMORY", "0"),
-    ]);
+    let (mesh, redis, prefix) = mesh_on_shared_redis(&[]);
     let photo = test_image(TINY);
     let first = upload(&mesh, &photo, "format=jpeg", None).await;
     assert_eq!((first.status, first.cache.as_str()), (200, "MISS"));
@@ -126,10 +140,7 @@ async fn each_tier_misses_then_hits_and_fills_the_tiers_above_it() {
     // Values are the raw image bytes, with the configured TTL.
     let redis_key = format!("{prefix}{key}");
     assert!(redis_command(&redis, &["STRLEN", &redis_key]).starts_with(&format!(":{}", first.body.len())));
-    let ttl: i64 = redis_command(&redis, &["TTL", &redis_key])[1..]
-        .trim()
-        .parse()
-        .unwrap();
+    let ttl = redis_integer(&redis, &["TTL", &redis_key]);
     assert!((86_000..=86_400).contains(&ttl), "TTL {ttl}");
 
     // Gone from Redis: Storage has it, and Redis is filled again.
@@ -197,19 +208,11 @@ async fn results_are_served_by_key_with_immutable_caching_and_304() {
 /// Repeats `attempt` until its answer has the content type wanted (a
 /// background render lands a moment after the response that asked for it).
 async fn until_type(wanted: &str, mut attempt: impl AsyncFnMut() -> Upload) -> Upload {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&format!("Content-Type: {wanted}"), async || {
         let got = attempt().await;
-        if got.content_type == wanted || Instant::now() > deadline {
-            assert_eq!(
-                got.content_type, wanted,
-                "cache {} timing {}",
-                got.cache, got.timing
-            );
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (got.content_type == wanted).then_some(got)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -314,22 +317,38 @@ struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    /// redis-server cannot be handed a bound socket, so a port the system
+    /// just called free is tried, and another one if it is taken by then.
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut redis = Self { port, child: None };
+            if redis.try_start() {
+                return redis;
+            }
+        }
+        panic!("redis-server found no free port in 5 tries");
+    }
+
+    fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server could not listen on {} again",
+            self.port
+        );
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn restart(&mut self) {
+    /// Starts redis-server on `self.port`; false when it exits instead
+    /// (the port was taken).
+    fn try_start(&mut self) -> bool {
         let binary = std::env::var("NWS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
         let child = Command::new(binary)
             .args([
@@ -347,15 +366,26 @@ impl PrivateRedis {
             .expect("redis-server runs (the test command installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Ours once it answers PING while still running.
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().unwrap().is_some()
+            {
+                self.child = None;
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && redis_command(&self.url(), &["PING"]).starts_with("+PONG")
+            {
+                return true;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        Command::new("kill").args([signal, &pid]).status().unwrap();
+        send_signal(self.child.as_ref().unwrap(), signal);
     }
 
     fn stop(&mut self) {
@@ -370,9 +400,7 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
             // A frozen server ignores SIGKILL only until it is continued.
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
+            send_signal(child, "CONT");
         }
         self.stop();
     }
@@ -386,19 +414,15 @@ async fn readiness(mesh: &Mesh) -> (u16, serde_json::Value) {
 /// Waits for Redis to be reported `wanted`; once the upstreams are ready,
 /// Redis' state never makes the gateway unready.
 async fn until_redis(mesh: &Mesh, wanted: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(&format!("redis {wanted}"), async || {
         let (status, body) = readiness(mesh).await;
         let upstreams_ready = ["optimizer", "storage"]
             .iter()
             .all(|name| body["upstreams"][name]["status"] == "SERVING");
         assert_eq!(status == 200, upstreams_ready, "{body}");
-        if upstreams_ready && body["cache"]["redis"]["status"] == wanted {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "redis never became {wanted}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (upstreams_ready && body["cache"]["redis"]["status"] == wanted).then_some(body)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -437,7 +461,7 @@ async fn redis_stopping_slowing_and_returning_never_fails_a_request() {
 
     // Frozen (accepts connections, answers nothing): the short timeout
     // turns it into a miss, then Redis is skipped until it answers again.
-    redis.signal("-STOP");
+    redis.signal("STOP");
     for _ in 0..3 {
         let served = upload(&mesh, &photo, "format=jpeg", None).await;
         assert_eq!(
@@ -448,7 +472,7 @@ async fn redis_stopping_slowing_and_returning_never_fails_a_request() {
         );
     }
     until_redis(&mesh, "UNAVAILABLE").await;
-    redis.signal("-CONT");
+    redis.signal("CONT");
     until_redis(&mesh, "SERVING").await;
     until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
     let logs = mesh.process.logs();
@@ -456,4 +480,64 @@ async fn redis_stopping_slowing_and_returning_never_fails_a_request() {
         logs.contains("redis failed") && logs.contains("redis answers again"),
         "{logs}"
     );
+}
+
+#[tokio::test]
+async fn the_memory_tier_stays_within_its_budget() {
+    // 4 KiB of L1 and no Redis: a handful of these small results fit.
+    let mesh = Mesh::start_with(&[("NWS_CACHE_MEMORY", "4KiB")]);
+    let photo = test_image(TINY);
+    let query = |i: usize| format!("format=jpeg&wm_text=n{i}");
+    let mut results = Vec::new();
+    for i in 0..60 {
+        let made = upload(&mesh, &photo, &query(i), None).await;
+        assert_eq!((made.status, made.cache.as_str()), (200, "MISS"));
+        results.push(made);
+    }
+    assert!(results.iter().map(|r| r.body.len()).sum::<usize>() > 4 * 4 * 1024);
+    for (i, made) in results.iter().enumerate() {
+        mesh.until_result_stored(made.etag.trim_matches('"')).await;
+        let again = upload(&mesh, &photo, &query(i), None).await;
+        assert_eq!(again.body, made.body, "result {i}");
+    }
+    // Asked again, most come from Storage: L1 kept at most what fits.
+    let mut from_memory = 0;
+    for i in 0..60 {
+        let again = upload(&mesh, &photo, &query(i), None).await;
+        assert!(
+            ["HIT-L1", "HIT-STORE"].contains(&again.cache.as_str()),
+            "{}",
+            again.cache
+        );
+        from_memory += usize::from(again.cache == "HIT-L1");
+    }
+    let fits = 4 * 1024 / results.iter().map(|r| r.body.len()).min().unwrap();
+    assert!(
+        from_memory <= fits,
+        "{from_memory} served from memory; {fits} fit"
+    );
+}
+
+#[tokio::test]
+async fn redis_entries_expire_after_nws_cache_ttl() {
+    let (mesh, redis, prefix) = mesh_on_shared_redis(&[("NWS_CACHE_TTL", "2s")]);
+    let photo = test_image(TINY);
+    let first = upload(&mesh, &photo, "format=jpeg", None).await;
+    let key = first.etag.trim_matches('"').to_owned();
+    let redis_key = format!("{prefix}{key}");
+    until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+    let ttl = redis_integer(&redis, &["PTTL", &redis_key]);
+    assert!((1..=2000).contains(&ttl), "PTTL {ttl} ms");
+
+    // Redis drops it when the TTL runs out; the next request finds the
+    // result in Storage and writes it back with a fresh TTL.
+    mesh.until_result_stored(&key).await;
+    eventually("the Redis entry expiring", async || {
+        (redis_integer(&redis, &["EXISTS", &redis_key]) == 0).then_some(())
+    })
+    .await;
+    let after = upload(&mesh, &photo, "format=jpeg", None).await;
+    assert_eq!((after.cache.as_str(), &after.body), ("HIT-STORE", &first.body));
+    until_cache("HIT-L2", || upload(&mesh, &photo, "format=jpeg", None)).await;
+    redis_command(&redis, &["DEL", &redis_key]);
 }

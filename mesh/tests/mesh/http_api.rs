@@ -1,8 +1,8 @@
 //! The HTTP API, through the gateway, to real upstreams.
 
-use nws_runtime::testing::test_image;
+use nws_runtime::testing::{eventually, test_image};
 
-use crate::{KLEIBER, Mesh, assert_json_error, form, sha256_hex};
+use crate::{KLEIBER, Mesh, assert_json_error, form, read_json_response, refusing_url, sha256_hex};
 
 fn decode(bytes: &[u8]) -> image::DynamicImage {
     image::load_from_memory(bytes).expect("the response is an image")
@@ -314,37 +314,10 @@ async fn uploads_over_the_body_limit_get_413_before_the_body_is_read() {
 /// Writes `request` on a fresh connection and reads one response (status and
 /// JSON body) without sending anything more.
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    let mut received = Vec::new();
-    let read = async {
-        let mut buffer = [0u8; 8192];
-        loop {
-            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if received.len() >= end + 4 + length {
-                    let status = head[9..12].parse().unwrap();
-                    let body = serde_json::from_slice(&received[end + 4..end + 4 + length]).unwrap();
-                    return (status, body);
-                }
-            }
-            let n = stream.read(&mut buffer).await.expect("read the response");
-            assert!(
-                n > 0,
-                "connection closed before a full response: {:?}",
-                String::from_utf8_lossy(&received)
-            );
-            received.extend_from_slice(&buffer[..n]);
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), read)
-        .await
-        .expect("a prompt response")
+    read_json_response(&mut stream).await
 }
 
 #[tokio::test]
@@ -353,24 +326,18 @@ async fn health_and_readiness() {
     let live = mesh.get("/healthz").await;
     assert_eq!(live.status(), 200);
     // Ready once Storage's first backend check has passed, moments after start.
-    let mut ready = mesh.get("/readyz").await;
-    for _ in 0..100 {
-        if ready.status() == 200 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        ready = mesh.get("/readyz").await;
-    }
-    assert_eq!(ready.status(), 200);
+    let ready = eventually("ready", async || {
+        let ready = mesh.get("/readyz").await;
+        (ready.status() == 200).then_some(ready)
+    })
+    .await;
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["upstreams"]["optimizer"]["status"], "SERVING");
     assert_eq!(body["upstreams"]["storage"]["status"], "SERVING");
 
     // Storage pointed at a port where nothing listens: not ready, and
     // uploads get 503 rather than hanging.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let (_reserved, dead_url) = refusing_url();
     let degraded = Mesh::start_with(&[("NWS_STORAGE_URL", &dead_url)]);
     let ready = degraded.get("/readyz").await;
     assert_eq!(ready.status(), 503);
@@ -382,6 +349,30 @@ async fn health_and_readiness() {
         .await;
     let message = assert_json_error(upload, 503, "UNAVAILABLE").await;
     assert_eq!(message, "the storage service is unavailable; retry shortly");
+}
+
+#[tokio::test]
+async fn with_the_optimizer_down_readiness_says_so_and_uploads_get_503() {
+    let (_reserved, dead_url) = refusing_url();
+    let mesh = Mesh::start_with(&[("NWS_OPTIMIZER_URL", &dead_url)]);
+    // Once Storage's first check has passed, only the optimizer is missing.
+    let body = eventually("storage SERVING", async || {
+        let ready = mesh.get("/readyz").await;
+        assert_eq!(ready.status(), 503);
+        let body: serde_json::Value = ready.json().await.unwrap();
+        (body["upstreams"]["storage"]["status"] == "SERVING").then_some(body)
+    })
+    .await;
+    assert_eq!(body["upstreams"]["optimizer"]["status"], "UNAVAILABLE", "{body}");
+    assert_eq!(body["status"], "not ready", "{body}");
+    let photo = test_image("tiny_16x16.jpg");
+    let upload = mesh.post_form("/v1/watermark", form(photo.clone(), &[])).await;
+    let message = assert_json_error(upload, 503, "UNAVAILABLE").await;
+    assert_eq!(message, "the optimizer service is unavailable; retry shortly");
+    // The original was kept all the same, for a later try.
+    assert_eq!(mesh.stored_originals().len(), 1);
+    let stat = mesh.get(&format!("/v1/originals/{}", sha256_hex(&photo))).await;
+    assert_eq!(stat.status(), 200);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use nws_runtime::testing::{S3Server, run_to_exit, test_image, workspace_binary};
+use nws_runtime::testing::{S3Server, eventually, run_to_exit, test_image, workspace_binary};
 
 use crate::{KLEIBER, Mesh, files_under, form, sha256_hex};
 
@@ -75,54 +75,126 @@ fn a_port_in_use_stops_start_up_with_one_line_naming_it() {
     );
 }
 
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_upload_finish_then_exits_zero() {
-    let mut mesh = Mesh::start();
-    let photo = test_image(KLEIBER);
-    let (first_half, second_half) = photo.split_at(photo.len() / 2);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let upload = mesh.http.post(mesh.url("/v1/watermark")).body(body).send();
-    let upload = tokio::spawn(upload);
-    tx.send(Ok(first_half.to_vec())).await.unwrap();
+/// An upload whose body is half sent; the test sends the rest later.
+struct HalfUpload {
+    rest: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    response: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    second_half: Vec<u8>,
+}
 
-    // The upload is in flight once its bytes are landing in storage.
-    let tmp = mesh.data_dir.path().join("tmp");
-    let landing = || {
-        files_under(&tmp).iter().any(|file| {
-            file.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("put-"))
+impl HalfUpload {
+    /// Starts the upload and returns once its bytes are landing in storage.
+    async fn start(mesh: &Mesh, photo: &[u8]) -> Self {
+        let (first_half, second_half) = photo.split_at(photo.len() / 2);
+        let (rest, body) = tokio::sync::mpsc::channel(1);
+        let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(body));
+        let response = tokio::spawn(mesh.http.post(mesh.url("/v1/watermark")).body(body).send());
+        rest.send(Ok(first_half.to_vec())).await.unwrap();
+        let tmp = mesh.data_dir.path().join("tmp");
+        eventually("the upload landing in storage", async || {
+            files_under(&tmp)
+                .iter()
+                .any(|file| {
+                    file.file_name()
+                        .is_some_and(|name| name.to_string_lossy().starts_with("put-"))
+                })
+                .then_some(())
         })
-    };
-    for _ in 0..500 {
-        if landing() {
-            break;
+        .await;
+        Self {
+            rest,
+            response,
+            second_half: second_half.to_vec(),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(landing(), "the upload never reached storage");
 
-    let pid = mesh.process.pid();
+    async fn finish(self) -> reqwest::Result<reqwest::Response> {
+        let _ = self.rest.send(Ok(self.second_half)).await;
+        drop(self.rest);
+        self.response.await.unwrap()
+    }
+}
+
+/// Waits for `message` from the gateway's own server (the embedded
+/// services log the same words once the gateway is done).
+async fn until_gateway_logged(mesh: &Mesh, message: &str) {
+    mesh.process
+        .until(message, |events| {
+            events
+                .iter()
+                .any(|e| e["message"] == message && e["service"] == "gateway")
+                .then_some(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn sigterm_turns_readyz_503_then_closes_the_port_and_lets_the_upload_in_flight_finish() {
+    // Two seconds of not-ready serving: ample for the probes below.
+    let mut mesh = Mesh::start_with(&[("NWS_SHUTDOWN_DELAY", "2s")]);
+    let upload = HalfUpload::start(&mesh, &test_image(KLEIBER)).await;
+
+    mesh.process.signal("TERM");
+    until_gateway_logged(&mesh, "not ready: still serving until the delay ends").await;
+    // A new connection is still served, and told to go elsewhere.
+    let fresh = reqwest::Client::new();
+    let ready = fresh
+        .get(mesh.url("/readyz"))
+        .send()
+        .await
+        .expect("still accepting");
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "draining", "{body}");
+    let live = fresh.get(mesh.url("/healthz")).send().await.unwrap();
+    assert_eq!(live.status(), 200, "alive while it drains");
+
+    // Then the port closes while the upload is still in flight.
+    until_gateway_logged(&mesh, "draining in-flight requests").await;
+    let addr = mesh.process.addr("gateway");
+    eventually("the port closing", async || {
+        std::net::TcpStream::connect(addr).is_err().then_some(())
+    })
+    .await;
     assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
+        !mesh.process.has_exited(),
+        "the upload in flight keeps the process up"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    tx.send(Ok(second_half.to_vec())).await.unwrap();
-    drop(tx);
 
-    let response = upload.await.unwrap().expect("the in-flight upload is answered");
+    let response = upload.finish().await.expect("the in-flight upload is answered");
     assert_eq!(response.status(), 200);
     let bytes = response.bytes().await.unwrap();
     assert!(image::load_from_memory(&bytes).is_ok());
     let status = mesh.process.wait(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}");
+}
 
-    // New connections are refused once it has gone.
-    assert!(mesh.http.get(mesh.url("/healthz")).send().await.is_err());
+#[tokio::test]
+async fn the_drain_deadline_cuts_off_an_upload_that_never_ends() {
+    let mut mesh = Mesh::start_with(&[("NWS_DRAIN_TIMEOUT", "500ms")]);
+    let upload = HalfUpload::start(&mesh, &test_image(KLEIBER)).await;
+
+    mesh.process.signal("TERM");
+    until_gateway_logged(
+        &mesh,
+        "requests still in flight at the drain deadline; abandoning them",
+    )
+    .await;
+    let status = mesh.process.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    let HalfUpload { rest, response, .. } = upload;
+    let outcome = response.await.unwrap();
+    drop(rest);
+    assert!(
+        outcome.is_err(),
+        "the abandoned upload gets no answer: {outcome:?}"
+    );
+    // Nothing half-written is left behind as an original.
+    assert!(
+        mesh.stored_originals().is_empty(),
+        "{:?}",
+        mesh.stored_originals()
+    );
 }
 
 #[tokio::test]
@@ -149,18 +221,13 @@ async fn the_embedded_storage_uses_s3_when_configured() {
     // Readiness follows the bucket: down while S3 is, back when it is.
     let mesh = &mesh;
     let readiness_becomes = |wanted: u16| async move {
-        let mut seen = (0, String::new());
-        for _ in 0..100 {
+        eventually(&format!("/readyz {wanted}"), async || {
             let ready = mesh.get("/readyz").await;
             let code = ready.status().as_u16();
             let body: serde_json::Value = ready.json().await.unwrap();
-            seen = (code, body["upstreams"]["storage"].to_string());
-            if code == wanted {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        seen
+            (code == wanted).then(|| (code, body["upstreams"]["storage"].to_string()))
+        })
+        .await
     };
     s3.stop();
     let down = readiness_becomes(503).await;

@@ -4,14 +4,16 @@
 
 mod cache;
 mod clients;
+mod forms;
 mod http_api;
 mod lifecycle;
 mod protocol;
 
 use std::path::PathBuf;
 
-pub use nws_runtime::testing::files_under;
+use nws_runtime::testing::eventually;
 use nws_runtime::testing::{ServiceProcess, workspace_binary};
+pub use nws_runtime::testing::{files_under, tool};
 use sha2::{Digest as _, Sha256};
 
 pub const KLEIBER: &str = "kleiber_4000x3000.jpg";
@@ -89,20 +91,13 @@ impl Mesh {
     /// Waits until Storage keeps the result `key` (written in the
     /// background after the response) and returns its description.
     pub async fn until_result_stored(&self, key: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let response = self
-                .get(&format!("/v1/objects/{key}?namespace=NAMESPACE_RESULTS"))
-                .await;
-            if response.status() == 200 {
-                return response.json().await.expect("JSON");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "result {key} never reached storage"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let path = format!("/v1/objects/{key}?namespace=NAMESPACE_RESULTS");
+        let stored = eventually(&format!("result {key} in storage"), async || {
+            let response = self.get(&path).await;
+            (response.status() == 200).then_some(response)
+        })
+        .await;
+        stored.json().await.expect("JSON")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -113,6 +108,50 @@ impl Mesh {
     pub fn stored_originals(&self) -> Vec<PathBuf> {
         files_under(&self.data_dir.path().join("originals"))
     }
+}
+
+/// Reads one HTTP/1.1 response from a raw connection: its status and JSON
+/// body (framed by Content-Length), within a generous bound.
+pub async fn read_json_response(stream: &mut tokio::net::TcpStream) -> (u16, serde_json::Value) {
+    use tokio::io::AsyncReadExt as _;
+    let mut received = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 8192];
+        loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if received.len() >= end + 4 + length {
+                    let status = head[9..12].parse().unwrap();
+                    let body = serde_json::from_slice(&received[end + 4..end + 4 + length]).unwrap();
+                    return (status, body);
+                }
+            }
+            let n = stream.read(&mut buffer).await.expect("read the response");
+            assert!(
+                n > 0,
+                "connection closed before a full response: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+            received.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("a response")
+}
+
+/// A loopback URL whose port is reserved by a socket that is bound but
+/// not listening: connections to it are refused, and no other process can
+/// take the port while the socket is held.
+pub fn refusing_url() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    (socket, url)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -137,13 +176,6 @@ pub async fn assert_json_error(response: reqwest::Response, status: u16, code: &
     let body: serde_json::Value = response.json().await.expect("JSON error body");
     assert_eq!(body["code"], code, "{body}");
     body["message"].as_str().expect("message").to_owned()
-}
-
-/// A test tool's path from an environment variable set by scripts/test.sh.
-pub fn tool(variable: &str) -> PathBuf {
-    std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
-        panic!("{variable} is not set: run the suite with scripts/test.sh, which installs it")
-    })
 }
 
 /// Standard base64 with padding, as proto3 JSON and gRPC clients write bytes.

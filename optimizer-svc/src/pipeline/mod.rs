@@ -94,9 +94,15 @@ pub fn run(
     cancel: &CancellationToken,
 ) -> Result<Output, OptimizeError> {
     let mut timings = Timings::default();
-    let go_on = |stage| match cancel.is_cancelled() {
-        true => Err(OptimizeError::Cancelled { stage }),
-        false => Ok(()),
+    // Each stage is announced (at debug level) before it starts, so what
+    // ran for a job, and where a cancelled one stopped, can be seen.
+    let go_on = |stage| {
+        if cancel.is_cancelled() {
+            tracing::info!(stage, "pipeline stopped before a stage: its call was cancelled");
+            return Err(OptimizeError::Cancelled { stage });
+        }
+        tracing::debug!(stage, "pipeline stage");
+        Ok(())
     };
 
     go_on("decode")?;

@@ -347,7 +347,35 @@ mod tests {
     }
 
     #[test]
-    fn missing_glyphs_and_tiny_images_do_not_panic() {
+    fn a_centred_mark_is_centred() {
+        let mut image = flat(800, 600, 128);
+        draw(&mut image, &mark("Watermark", Position::Center));
+        let changed: Vec<(u32, u32)> = (0..600)
+            .flat_map(|y| (0..800).map(move |x| (x, y)))
+            .filter(|&(x, y)| image.data[((y * 800 + x) * 3) as usize] != 128)
+            .collect();
+        let (xs, ys): (Vec<u32>, Vec<u32>) = changed.into_iter().unzip();
+        let middle = |v: &[u32]| (v.iter().min().unwrap() + v.iter().max().unwrap()) / 2;
+        assert!(middle(&xs).abs_diff(400) <= 4, "x centre {}", middle(&xs));
+        assert!(middle(&ys).abs_diff(300) <= 4, "y centre {}", middle(&ys));
+    }
+
+    #[test]
+    fn a_character_the_font_lacks_is_drawn_as_the_replacement_glyph() {
+        let render = |text: &str| {
+            let mut image = flat(800, 600, 128);
+            draw(&mut image, &mark(text, Position::Center));
+            image.data
+        };
+        // The bundled font has no Egyptian hieroglyphs.
+        let lacking = render("NWS 𓀀 mark");
+        assert_eq!(lacking, render("NWS \u{FFFD} mark"), "drawn as U+FFFD");
+        assert_ne!(lacking, render("NWS  mark"), "not dropped");
+        assert_ne!(lacking, render("NWS ? mark"), "not a question mark");
+    }
+
+    #[test]
+    fn tiny_images_do_not_panic() {
         let mut tiny = flat(1, 1, 0);
         draw(&mut tiny, &mark("𓀀 ☃ ©", Position::Center));
         let mut strip = flat(1920, 1, 255);

@@ -4,7 +4,11 @@ use crate::*;
 
 #[tokio::test]
 async fn past_the_waiting_line_calls_are_refused_at_once() {
-    let process = start(&[("NWS_OPTIMIZER_WORKERS", "1"), ("NWS_OPTIMIZER_QUEUE", "1")]);
+    let process = start(&[
+        ("NWS_OPTIMIZER_WORKERS", "1"),
+        ("NWS_OPTIMIZER_QUEUE", "1"),
+        OBSERVED,
+    ]);
     let client = client(&process).await;
     let jpeg = test_image("kleiber_4000x3000.jpg");
 
@@ -30,9 +34,7 @@ async fn past_the_waiting_line_calls_are_refused_at_once() {
         });
         holders.push((tx, call));
     }
-    // Give their headers time to reach the server (only this test's setup
-    // waits on it; the refusal itself is immediate).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    process.until_logged("call admitted", 2).await;
     assert!(
         holders.iter().all(|(_, call)| !call.is_finished()),
         "holders admitted and waiting"
@@ -68,7 +70,7 @@ async fn past_the_waiting_line_calls_are_refused_at_once() {
 
 #[tokio::test]
 async fn a_call_whose_deadline_passes_is_dropped_before_it_runs() {
-    let process = start(&[("NWS_OPTIMIZER_WORKERS", "1")]);
+    let process = start(&[("NWS_OPTIMIZER_WORKERS", "1"), OBSERVED]);
     let client = client(&process).await;
     let photo = test_image("dragonfly_4224x3168_progressive.jpg");
 
@@ -77,6 +79,14 @@ async fn a_call_whose_deadline_passes_is_dropped_before_it_runs() {
     let busy_photo = photo.clone();
     let first =
         tokio::spawn(async move { optimize(&mut busy, OptimizeOptions::default(), &busy_photo).await });
+    process
+        .until("the first call's decode", |events| {
+            events
+                .iter()
+                .find(|e| e["message"] == "pipeline stage" && e["stage"] == "decode")
+                .cloned()
+        })
+        .await;
     // ...while a call with a short deadline waits behind it.
     let mut messages = vec![OptimizeRequest {
         payload: Some(optimize_request::Payload::Options(OptimizeOptions::default())),
@@ -95,16 +105,16 @@ async fn a_call_whose_deadline_passes_is_dropped_before_it_runs() {
     );
 
     first.await.unwrap().expect("the first call completes");
-    // The server dropped the late call: it was never optimized.
-    // (Logs arrive through a pipe: wait for both lines.)
-    for _ in 0..100 {
-        let logs = process.logs();
-        if logs.contains("call cancelled") && logs.contains("\"optimized\"") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let logs = process.logs();
-    assert!(logs.contains("call cancelled"), "{logs}");
-    assert_eq!(logs.matches("\"optimized\"").count(), 1, "{logs}");
+    // The server dropped the late call before it reached a worker: one job
+    // ran the pipeline, and the late one never started a stage.
+    process
+        .until_logged("call cancelled by the client or its deadline; its work stops", 1)
+        .await;
+    assert_eq!(process.count_logged("optimized"), 1, "{}", process.logs());
+    let decodes = process
+        .events()
+        .iter()
+        .filter(|e| e["message"] == "pipeline stage" && e["stage"] == "decode")
+        .count();
+    assert_eq!(decodes, 1, "{}", process.logs());
 }

@@ -2,6 +2,8 @@
 //! per theme.
 
 mod admission;
+mod cancellation;
+mod drain;
 mod inputs;
 mod metadata;
 mod orientation_colour;
@@ -26,6 +28,9 @@ const IMAGES: [&str; 6] = [
     "seeding_alpha_2000x1125.png",
     "tiny_16x16.jpg",
 ];
+
+/// Logs what the tests watch for: admissions and every pipeline stage.
+const OBSERVED: (&str, &str) = ("RUST_LOG", "info,optimizer_svc=debug");
 
 fn start(env: &[(&str, &str)]) -> ServiceProcess {
     let mut env = env.to_vec();

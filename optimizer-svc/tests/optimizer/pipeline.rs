@@ -209,3 +209,104 @@ async fn gif_and_webp_inputs_are_read() {
         assert!(close(centre, [60.0, 50.0, 90.0], 14.0), "{format:?}: {centre:?}");
     }
 }
+
+/// What Pillow (an independent decoder) reads back from a rendered file.
+#[derive(Debug)]
+struct Decoded {
+    format: String,
+    width: u32,
+    height: u32,
+    mode: String,
+    psnr: f64,
+    alpha_psnr: Option<f64>,
+}
+
+/// Decodes `candidate` with Pillow and compares it with the lossless
+/// `reference` render.
+fn decode_and_compare(reference: &[u8], candidate: &[u8]) -> Decoded {
+    let dir = tempfile::tempdir().unwrap();
+    let (reference_path, candidate_path) = (dir.path().join("reference"), dir.path().join("candidate"));
+    std::fs::write(&reference_path, reference).unwrap();
+    std::fs::write(&candidate_path, candidate).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare.py");
+    let output = std::process::Command::new(nws_runtime::testing::tool("NWS_TEST_PYTHON"))
+        .arg(script)
+        .args([&reference_path, &candidate_path])
+        .output()
+        .expect("run the Python decoder");
+    assert!(
+        output.status.success(),
+        "Pillow could not read it: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON report");
+    let text = |field: &str| report[field].as_str().expect("a text field").to_owned();
+    let number = |field: &str| report[field].as_f64().expect("a number field");
+    Decoded {
+        format: text("format"),
+        width: number("width") as u32,
+        height: number("height") as u32,
+        mode: text("mode"),
+        psnr: number("psnr"),
+        alpha_psnr: report["alpha_psnr"].as_f64(),
+    }
+}
+
+/// Floors, in dB against the lossless render at each format's default
+/// quality; measured values are about 3 dB above them (see the test's
+/// failure message), so a codec change that visibly damages the picture,
+/// or a file other decoders can't read, fails here.
+const PSNR_FLOORS: [(ImageFormat, &str, f64); 3] = [
+    (ImageFormat::Jpeg, "JPEG", 36.0),
+    (ImageFormat::Webp, "WEBP", 36.0),
+    (ImageFormat::Avif, "AVIF", 36.0),
+];
+
+#[tokio::test]
+async fn lossy_outputs_decode_elsewhere_to_the_lossless_render() {
+    let process = start(&[]);
+    let mut client = client(&process).await;
+    for (photo, size, mode) in [
+        ("kleiber_4000x3000.jpg", (1440, 1080), "RGB"),
+        ("seeding_alpha_2000x1125.png", (1920, 1080), "RGBA"),
+    ] {
+        let input = test_image(photo);
+        let as_format = |format: ImageFormat| OptimizeOptions {
+            format: format as i32,
+            ..Default::default()
+        };
+        let (_, reference) = optimize(&mut client, as_format(ImageFormat::Png), &input)
+            .await
+            .unwrap();
+        let lossless = decode_and_compare(&reference, &reference);
+        assert_eq!((lossless.format.as_str(), lossless.mode.as_str()), ("PNG", mode));
+        for (format, name, floor) in PSNR_FLOORS {
+            if format == ImageFormat::Jpeg && mode == "RGBA" {
+                continue; // JPEG has no alpha: an RGBA source is never sent as JPEG.
+            }
+            let (_, bytes) = optimize(&mut client, as_format(format), &input).await.unwrap();
+            let decoded = decode_and_compare(&reference, &bytes);
+            assert_eq!(decoded.format, name, "{photo}");
+            assert_eq!((decoded.width, decoded.height), size, "{photo} as {name}");
+            if name != "JPEG" {
+                assert_eq!(
+                    decoded.mode, mode,
+                    "{photo} as {name} keeps its alpha or has none"
+                );
+            }
+            assert!(
+                decoded.psnr >= floor,
+                "{photo} as {name}: {:.2} dB, floor {floor} dB",
+                decoded.psnr
+            );
+            if mode == "RGBA" {
+                let alpha = decoded.alpha_psnr.expect("the alpha compared");
+                assert!(
+                    alpha >= floor,
+                    "{photo} as {name}: alpha at {alpha:.2} dB, floor {floor} dB"
+                );
+            }
+            eprintln!("{photo} as {name}: {decoded:?}, {} bytes", bytes.len());
+        }
+    }
+}

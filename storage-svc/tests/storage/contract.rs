@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use nws_runtime::testing::test_image;
+use nws_runtime::testing::{eventually, test_image};
 use nws_watermark::pb::{
     DeleteRequest, GetRequest, Namespace, PutOptions, PutRequest, PutResponse, StatRequest, get_response,
     put_request,
@@ -14,7 +14,6 @@ use tonic::Code;
 
 use crate::harness::{
     Backend, Storage, get, get_in, messages, pseudo_random_bytes, put, put_with, result_options, sha256_hex,
-    wait_until,
 };
 
 /// One `#[tokio::test]` per backend for each contract test.
@@ -45,6 +44,7 @@ contract!(
     objects_survive_a_restart,
     a_200_mb_object_streams_through_in_flat_memory,
     a_sigkill_during_writes_leaves_no_torn_object,
+    objects_at_the_part_size_boundaries_round_trip,
 );
 
 /// S3 uploads past this size go multipart (the suite's NWS_S3_PART_SIZE).
@@ -148,7 +148,10 @@ async fn the_same_bytes_put_concurrently_are_one_object(backend: Backend) {
         .info
         .expect("info");
     assert_eq!(info.media_type, "image/jpeg");
-    wait_until(Duration::from_secs(10), || storage.leftovers().is_empty()).await;
+    eventually("no leftovers", async || {
+        storage.leftovers().is_empty().then_some(())
+    })
+    .await;
 }
 
 async fn a_hash_mismatch_keeps_nothing(backend: Backend) {
@@ -177,7 +180,10 @@ async fn a_hash_mismatch_keeps_nothing(backend: Backend) {
         );
     }
     assert!(storage.stored_objects().is_empty());
-    wait_until(Duration::from_secs(10), || storage.leftovers().is_empty()).await;
+    eventually("no leftovers", async || {
+        storage.leftovers().is_empty().then_some(())
+    })
+    .await;
 
     // The right expectation passes, straight to the final key.
     for bytes in [&small, &large] {
@@ -215,11 +221,17 @@ async fn a_put_cut_off_mid_stream_keeps_nothing(backend: Backend) {
         tx.send(message).await.expect("send");
     }
     // The half-written object exists somewhere; then the client vanishes.
-    wait_until(Duration::from_secs(10), || !storage.leftovers().is_empty()).await;
+    eventually("a part landing", async || {
+        (!storage.leftovers().is_empty()).then_some(())
+    })
+    .await;
     call.abort();
     drop(tx);
 
-    wait_until(Duration::from_secs(10), || storage.leftovers().is_empty()).await;
+    eventually("no leftovers", async || {
+        storage.leftovers().is_empty().then_some(())
+    })
+    .await;
     assert!(storage.stored_objects().is_empty());
     let mut client = client.clone();
     let status = get(&mut client, &sha256_hex(&bytes))
@@ -490,4 +502,48 @@ async fn a_sigkill_during_writes_leaves_no_torn_object(backend: Backend) {
         // bucket's lifecycle rule.)
         assert_eq!(storage.leftovers(), Vec::<String>::new());
     }
+}
+
+/// Sizes where S3's single-request and multipart paths meet: nothing at
+/// all, one byte short of a part, exactly one part, one byte over,
+/// exactly two parts.
+async fn objects_at_the_part_size_boundaries_round_trip(backend: Backend) {
+    let storage = start(backend);
+    let mut client = storage.client().await;
+    let sizes = [0, PART - 1, PART, PART + 1, 2 * PART];
+    for (seed, size) in (10..).zip(sizes) {
+        let object = pseudo_random_bytes(seed, size);
+        let receipt = put(&mut client, &object)
+            .await
+            .unwrap_or_else(|e| panic!("{size}: {e:?}"));
+        assert_eq!(
+            (receipt.sha256.clone(), receipt.size),
+            (sha256_hex(&object), size as u64)
+        );
+        assert!(
+            get(&mut client, &receipt.sha256).await.unwrap() == object,
+            "{size} bytes read back"
+        );
+        let info = client
+            .stat(StatRequest {
+                sha256: receipt.sha256.clone(),
+                namespace: Namespace::Originals.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(info.size, size as u64);
+        let path = storage.object_path("originals", &receipt.sha256);
+        assert!(
+            storage
+                .stored_objects()
+                .iter()
+                .any(|(p, bytes)| *p == path && *bytes == object),
+            "{size} bytes stored whole"
+        );
+    }
+    assert_eq!(storage.stored_objects().len(), sizes.len());
+    assert!(storage.leftovers().is_empty(), "{:?}", storage.leftovers());
 }

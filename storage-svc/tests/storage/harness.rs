@@ -1,9 +1,6 @@
 //! A Storage process over a chosen backend, and what its backend holds.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use nws_runtime::testing::{S3Server, ServiceProcess};
 use nws_watermark::pb::{
@@ -233,16 +230,4 @@ pub async fn get_in(
     }
     assert_eq!(info.size, bytes.len() as u64);
     Ok(bytes)
-}
-
-/// Polls `condition` every 20 ms for at most `limit`.
-pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -3,14 +3,14 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use nws_runtime::testing::{S3Server, run_to_exit, test_image};
+use nws_runtime::testing::{S3Server, eventually, run_to_exit, test_image};
 use nws_watermark::pb::Namespace;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::harness::{Backend, Storage, get, get_in, put, put_with, result_options, sha256_hex, wait_until};
+use crate::harness::{Backend, Storage, get, get_in, put, put_with, result_options, sha256_hex};
 
 async fn health(storage: &Storage) -> ServingStatus {
     let channel = tonic::transport::Endpoint::from_shared(storage.process.url("storage"))
@@ -30,16 +30,10 @@ async fn health(storage: &Storage) -> ServingStatus {
 }
 
 async fn wait_for_health(storage: &Storage, wanted: ServingStatus) {
-    for _ in 0..250 {
-        if health(storage).await == wanted {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    panic!(
-        "health never became {wanted:?}; logs:\n{}",
-        storage.process.logs()
-    );
+    eventually(&format!("health {wanted:?}"), async || {
+        (health(storage).await == wanted).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -75,7 +69,7 @@ async fn an_outage_gives_unavailable_and_storage_recovers_by_itself() {
         logs.find("dependency down")
             .is_some_and(|down| logs[down..].contains("dependency reachable"))
     };
-    wait_until(Duration::from_secs(10), recovered).await;
+    eventually("recovery", async || recovered().then_some(())).await;
 }
 
 #[tokio::test]
@@ -116,8 +110,8 @@ async fn a_server_that_never_answers_times_out_instead_of_hanging() {
     tokio::time::timeout(Duration::from_secs(30), calls)
         .await
         .expect("calls end with UNAVAILABLE instead of hanging");
-    wait_until(Duration::from_secs(10), || {
-        storage.process.logs().contains("dependency down")
+    eventually("dependency down", async || {
+        storage.process.logs().contains("dependency down").then_some(())
     })
     .await;
     assert_eq!(health(&storage).await, ServingStatus::NotServing);
@@ -134,8 +128,12 @@ async fn a_missing_bucket_is_created_unless_told_not_to() {
     let storage = Storage::start_with(Backend::S3, &[("NWS_S3_CREATE_BUCKET", "false")]);
     // NOT_SERVING from the start, and the first check says why.
     assert_eq!(health(&storage).await, ServingStatus::NotServing);
-    wait_until(Duration::from_secs(10), || {
-        storage.process.logs().contains("NWS_S3_CREATE_BUCKET is false")
+    eventually("NWS_S3_CREATE_BUCKET is false", async || {
+        storage
+            .process
+            .logs()
+            .contains("NWS_S3_CREATE_BUCKET is false")
+            .then_some(())
     })
     .await;
     assert_eq!(health(&storage).await, ServingStatus::NotServing);
