@@ -150,6 +150,12 @@ async fn an_upload_near_the_25_mib_limit_streams_through_the_gateway() {
     // The body streams through: the gateway never holds the upload. (Holding
     // it would add its 24 MiB to the peak; the result it caches is ~1 MiB.)
     let grown = mesh.gateway.peak_rss().saturating_sub(before);
+    eprintln!(
+        "gateway peak RSS: {} MiB before, grew by {} KiB for a {} KiB upload",
+        before >> 20,
+        grown >> 10,
+        photo.len() >> 10
+    );
     assert!(
         grown < (limit as u64) / 3,
         "the gateway's peak memory grew by {} MiB for a {} MiB upload",
