@@ -152,8 +152,9 @@ where
 
 /// Gathers the `size` bytes announced for `bytes`, refusing sizes over
 /// `limit` before reading any. Reading stops at `size`: what the sender does
-/// after its last byte (finishing a write, its trailers) is not waited for.
-pub async fn collect(mut bytes: ByteStream, size: u64, limit: u64) -> Result<Bytes, StreamError> {
+/// after its last byte (finishing a write, then its status) is left in
+/// `bytes`, for [`finish`] to read without anyone waiting.
+pub async fn collect(bytes: &mut ByteStream, size: u64, limit: u64) -> Result<Bytes, StreamError> {
     if size > limit {
         return Err(StreamError::Protocol(
             "the size announced is over the reader's limit",
@@ -172,6 +173,17 @@ pub async fn collect(mut bytes: ByteStream, size: u64, limit: u64) -> Result<Byt
         ));
     }
     Ok(gathered.freeze())
+}
+
+/// Reads a stream past its last byte to its end, so that the call ends the
+/// way its sender ended it (its status) rather than cancelled by the reader:
+/// `Err` when the sender reported a failure after the bytes (e.g. the
+/// optimizer could not keep a result it served).
+pub async fn finish(mut rest: ByteStream) -> Result<(), StreamError> {
+    while let Some(item) = rest.next().await {
+        item?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -194,8 +206,8 @@ mod tests {
     }
 
     async fn read(messages: Vec<GetResponse>) -> Result<Bytes, StreamError> {
-        let (info, bytes) = open(stream::iter(messages.into_iter().map(Ok))).await?;
-        collect(bytes, info.size, 1024).await
+        let (info, mut bytes) = open(stream::iter(messages.into_iter().map(Ok))).await?;
+        collect(&mut bytes, info.size, 1024).await
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! `Server-Timing`: where a response's time went, one entry per step, so
-//! browser devtools show the pipeline next to the network timings.
+//! browser devtools show the pipeline next to the network timings; and the
+//! request's trace id (`trace;desc="…"`), to find its trace.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,10 @@ impl ServerTiming {
                 .iter()
                 .copied()
                 .chain([("total", "gateway: whole request", self.started.elapsed())]);
+        // The request's trace, for devtools users to look it up.
+        if let Some((trace_id, _)) = nws_runtime::telemetry::propagation::ids(&tracing::Span::current()) {
+            let _ = write!(value, "trace;desc=\"{trace_id}\", ");
+        }
         for (index, (name, description, took)) in entries.enumerate() {
             let separator = if index == 0 { "" } else { ", " };
             // Milliseconds with three decimals, in integers: cheaper than

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
-use nws_runtime::grpc::client::{Unready, UpstreamChannel, channel, check_health};
+use nws_runtime::{
+    grpc::client::{Unready, UpstreamChannel, channel, check_health, finish_in_background},
+    telemetry::GATEWAY,
+};
 use nws_watermark::{
     pb::{
         DeleteRequest, GetRequest, Namespace, ObjectInfo, OptimizeHeader, PutResponse, RenderPriority,
@@ -33,8 +36,8 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn connect_lazy(optimizer: Uri, storage: Uri, timeout: Duration) -> Self {
         Self {
-            optimizer: channel(optimizer),
-            storage: channel(storage),
+            optimizer: channel(optimizer, GATEWAY.name),
+            storage: channel(storage, GATEWAY.name),
             timeout,
         }
     }
@@ -71,9 +74,13 @@ impl Upstreams {
                 .render(self.request(job.request(true, priority)))
                 .await?
                 .into_inner();
-            let (header, bytes) = stream::open(responses).await?;
-            let bytes = stream::collect(bytes, header.size, MAX_RESULT_BYTES).await?;
-            Ok((header, bytes))
+            let (header, mut bytes) = stream::open(responses).await?;
+            let result = stream::collect(&mut bytes, header.size, MAX_RESULT_BYTES).await?;
+            finish_in_background(
+                bytes,
+                "the optimizer served a result it could not keep in storage",
+            );
+            Ok((header, result))
         };
         read.await.map_err(ApiError::from_stream(Upstream::Optimizer))
     }
@@ -101,10 +108,12 @@ impl Upstreams {
 
     /// A stored object's bytes, whole.
     pub async fn read(&self, namespace: Namespace, key: &str) -> Result<Bytes, ApiError> {
-        let (info, bytes) = self.open(namespace, key).await?;
-        stream::collect(bytes, info.size, MAX_RESULT_BYTES)
+        let (info, mut bytes) = self.open(namespace, key).await?;
+        let object = stream::collect(&mut bytes, info.size, MAX_RESULT_BYTES)
             .await
-            .map_err(ApiError::from_stream(Upstream::Storage))
+            .map_err(ApiError::from_stream(Upstream::Storage))?;
+        finish_in_background(bytes, "storage failed after sending a whole object");
+        Ok(object)
     }
 
     /// A stored object's description.

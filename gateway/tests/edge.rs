@@ -3,12 +3,13 @@
 //! logs and memory can be watched apart.
 
 use nws_runtime::testing::{
-    ServiceProcess, eventually, files_under, large_png, test_image, workspace_binary,
+    OtlpReceiver, Scrape, ServiceProcess, assert_upload_tree, eventually, files_under, large_png, test_image,
+    upload_trace, workspace_binary,
 };
 
 struct Deployed {
     storage_dir: tempfile::TempDir,
-    _storage: ServiceProcess,
+    storage: ServiceProcess,
     optimizer: ServiceProcess,
     gateway: ServiceProcess,
     http: reqwest::Client,
@@ -16,37 +17,41 @@ struct Deployed {
 
 impl Deployed {
     fn start(gateway_env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], gateway_env)
+    }
+
+    /// With `every_env` given to the three processes, `gateway_env` to the
+    /// gateway only.
+    fn start_with(every_env: &[(&str, &str)], gateway_env: &[(&str, &str)]) -> Self {
         let storage_dir = tempfile::tempdir().unwrap();
-        let storage = ServiceProcess::start(
-            &workspace_binary("storage-svc"),
-            &[
-                ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
-                ("NWS_DATA_DIR", storage_dir.path().to_str().unwrap()),
-            ],
-            &["storage"],
-        );
+        let mut env = vec![
+            ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
+            ("NWS_DATA_DIR", storage_dir.path().to_str().unwrap()),
+        ];
+        env.extend_from_slice(every_env);
+        let storage = ServiceProcess::start(&workspace_binary("storage-svc"), &env, &["storage", "admin"]);
         let storage_url = storage.url("storage");
-        let optimizer = ServiceProcess::start(
-            &workspace_binary("optimizer-svc"),
-            &[
-                ("NWS_OPTIMIZER_ADDR", "127.0.0.1:0"),
-                ("NWS_STORAGE_URL", storage_url.as_str()),
-                // Every pipeline stage is logged, to see where work stops.
-                ("RUST_LOG", "info,optimizer_svc=debug"),
-            ],
-            &["optimizer"],
-        );
+        let mut env = vec![
+            ("NWS_OPTIMIZER_ADDR", "127.0.0.1:0"),
+            ("NWS_STORAGE_URL", storage_url.as_str()),
+            // Every pipeline stage is logged, to see where work stops.
+            ("RUST_LOG", "info,optimizer_svc=debug"),
+        ];
+        env.extend_from_slice(every_env);
+        let optimizer =
+            ServiceProcess::start(&workspace_binary("optimizer-svc"), &env, &["optimizer", "admin"]);
         let optimizer_url = optimizer.url("optimizer");
         let mut env = vec![
             ("NWS_HTTP_ADDR", "127.0.0.1:0"),
             ("NWS_OPTIMIZER_URL", optimizer_url.as_str()),
             ("NWS_STORAGE_URL", storage_url.as_str()),
         ];
+        env.extend_from_slice(every_env);
         env.extend_from_slice(gateway_env);
         let gateway = ServiceProcess::start(&workspace_binary("gateway"), &env, &["gateway"]);
         Self {
             storage_dir,
-            _storage: storage,
+            storage,
             optimizer,
             gateway,
             http: reqwest::Client::new(),
@@ -184,4 +189,234 @@ async fn nws_upstream_timeout_answers_504_and_the_optimizer_stops_its_job() {
     assert_eq!(mesh.optimizer.count_logged("optimized"), 0);
     // The original is kept for a later try.
     assert_eq!(mesh.stored("originals").len(), 1);
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn one_upload_is_one_trace_across_three_processes_exported_over_otlp() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let mesh = Deployed::start_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())], &[]);
+    let response = mesh
+        .http
+        .post(format!(
+            "{}/v1/watermark?format=jpeg",
+            mesh.gateway.url("gateway")
+        ))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01"))
+        .body(test_image("picos_orient6.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The answer names the trace, three ways.
+    let headers = response.headers();
+    let traceparent = headers["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.starts_with(&format!("00-{TRACE_ID}-")),
+        "{traceparent}"
+    );
+    assert!(traceparent.ends_with("-01"), "{traceparent}");
+    assert_eq!(headers["x-trace-id"], TRACE_ID);
+    let timing = headers["server-timing"].to_str().unwrap();
+    assert!(
+        timing.starts_with(&format!("trace;desc=\"{TRACE_ID}\"")),
+        "{timing}"
+    );
+
+    let services = ["nws-gateway", "nws-optimizer", "nws-storage"];
+    let spans = receiver
+        .until("the upload's spans from the three services", |spans| {
+            upload_trace(spans, TRACE_ID, services)
+        })
+        .await;
+    assert_upload_tree(&spans, CALLER_SPAN_ID, services);
+    // The gateway's span is the one its answer named.
+    let http = spans.iter().find(|s| s.name == "POST /v1/watermark").unwrap();
+    assert_eq!(traceparent, format!("00-{TRACE_ID}-{}-01", http.span_id));
+
+    // Logs name their trace too.
+    let logged = mesh
+        .optimizer
+        .events()
+        .into_iter()
+        .find(|event| event["message"] == "optimized")
+        .expect("the optimizer logged the result");
+    assert_eq!(logged["trace_id"], TRACE_ID, "{logged}");
+    assert!(
+        logged["span_id"].as_str().is_some_and(|id| id.len() == 16),
+        "{logged}"
+    );
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_or_silent_changes_no_answer() {
+    // One that refuses connections, one that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing_endpoint = format!("http://{}", refusing.local_addr().unwrap());
+    drop(refusing);
+    let reference = Deployed::start(&[]);
+    let image = test_image("picos_orient6.jpg");
+    let expected = reference
+        .upload("?format=jpeg&wm_text=traced", image.clone())
+        .await;
+    assert_eq!(expected.status(), 200);
+    let expected = expected.bytes().await.unwrap();
+
+    for endpoint in [refusing_endpoint, silent_endpoint] {
+        let mesh = Deployed::start_with(
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+            ],
+            &[],
+        );
+        for round in 0..3 {
+            let response = mesh.upload("?format=jpeg&wm_text=traced", image.clone()).await;
+            assert_eq!(response.status(), 200, "{endpoint}, round {round}");
+            assert_eq!(response.bytes().await.unwrap(), expected, "{endpoint}");
+        }
+        // The spans that could not leave are counted, not waited for.
+        let metrics_url = format!("{}/metrics", mesh.gateway.url("gateway"));
+        eventually("the failed exports counted", async || {
+            let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|line| {
+                    line.starts_with("nws_trace_spans_total{outcome=\"dropped_export_failed\"}")
+                        && !line.ends_with(" 0")
+                })
+                .then_some(())
+        })
+        .await;
+    }
+    drop(silent);
+}
+
+#[tokio::test]
+async fn each_service_counts_known_traffic_in_prometheus_text() {
+    let mesh = Deployed::start(&[]);
+    let image = test_image("picos_orient6.jpg");
+    let first = mesh.upload("?format=jpeg", image.clone()).await;
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let key = first.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let again = mesh.upload("?format=jpeg", image).await;
+    assert_eq!(again.headers()["x-cache"], "HIT-L1");
+    let gateway = mesh.gateway.url("gateway");
+    let by_key = mesh
+        .http
+        .get(format!("{gateway}/v1/images/{key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.headers()["x-cache"], "HIT-L1");
+    let unknown = mesh
+        .http
+        .get(format!("{gateway}/v1/images/{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let gw = ("service", "gateway");
+    let calls = "rpc_client_call_duration_seconds_count";
+    // The gateway's render call ends once the optimizer has kept the result.
+    let public = format!("{gateway}/metrics");
+    let edge = eventually("the render's call counted", async || {
+        let metrics = Scrape::fetch(&public).await;
+        (metrics.sum(calls, &[gw, ("rpc_method", "Render")]) > 0.0).then_some(metrics)
+    })
+    .await;
+    assert_eq!(edge.sum("nws_results_total", &[gw, ("source", "MISS")]), 1.0);
+    assert_eq!(edge.sum("nws_results_total", &[gw, ("source", "HIT-L1")]), 2.0);
+    let requests = "http_server_request_duration_seconds_count";
+    let route = |route, status| [gw, ("http_route", route), ("http_response_status_code", status)];
+    assert_eq!(edge.sum(requests, &route("/v1/watermark", "200")), 2.0);
+    assert_eq!(edge.sum(requests, &route("/v1/images/{key}", "200")), 1.0);
+    assert_eq!(edge.sum(requests, &route("/v1/images/{key}", "404")), 1.0);
+    let lookups = "nws_cache_lookups_total";
+    assert_eq!(edge.sum(lookups, &[("tier", "memory"), ("outcome", "hit")]), 2.0);
+    assert_eq!(edge.sum(lookups, &[("tier", "memory"), ("outcome", "miss")]), 2.0);
+    assert_eq!(
+        edge.sum(lookups, &[("tier", "storage"), ("outcome", "miss")]),
+        2.0
+    );
+    assert_eq!(
+        edge.sum(calls, &[gw, ("rpc_method", "Render"), ("code", "OK")]),
+        1.0
+    );
+    assert_eq!(
+        edge.sum(
+            calls,
+            &[gw, ("rpc_service", "watermark.v1.Storage"), ("rpc_method", "Put")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        edge.family_type("http_server_request_duration_seconds")
+            .as_deref(),
+        Some("histogram")
+    );
+    assert_eq!(edge.sum("nws_build_info", &[gw]), 1.0);
+
+    let served = "rpc_server_call_duration_seconds_count";
+    let op = ("service", "optimizer");
+    // The render's call ends once the optimizer has kept the result.
+    let admin = format!("{}/metrics", mesh.optimizer.url("admin"));
+    let optimizer = eventually("the render's call counted", async || {
+        let metrics = Scrape::fetch(&admin).await;
+        (metrics.sum(served, &[op, ("rpc_method", "Render")]) > 0.0).then_some(metrics)
+    })
+    .await;
+    let stages = "nws_optimizer_stage_duration_seconds_count";
+    assert_eq!(
+        optimizer.label_values(stages, "stage"),
+        ["decode", "encode", "resize", "watermark"]
+    );
+    for stage in ["decode", "resize", "watermark", "encode"] {
+        assert_eq!(optimizer.sum(stages, &[("stage", stage)]), 1.0, "{stage}");
+    }
+    let served = "rpc_server_call_duration_seconds_count";
+    let op = ("service", "optimizer");
+    assert_eq!(
+        optimizer.sum(served, &[op, ("rpc_method", "Render"), ("code", "OK")]),
+        1.0
+    );
+    assert_eq!(
+        optimizer.sum("nws_optimizer_input_bytes_count", &[("format", "image/jpeg")]),
+        1.0
+    );
+    assert_eq!(optimizer.sum("nws_optimizer_refused_calls_total", &[]), 0.0);
+    assert_eq!(optimizer.sum("nws_optimizer_busy_workers", &[op]), 0.0);
+    assert_eq!(optimizer.sum("nws_build_info", &[op]), 1.0);
+
+    let storage = Scrape::fetch(&format!("{}/metrics", mesh.storage.url("admin"))).await;
+    let st = ("service", "storage");
+    // Two originals (the second deduplicated) and one result.
+    assert_eq!(
+        storage.sum(served, &[st, ("rpc_method", "Put"), ("code", "OK")]),
+        3.0
+    );
+    // The first upload's and the unknown key's results, looked up in vain;
+    // the original, read by the optimizer.
+    let backend = "nws_storage_backend_operation_duration_seconds_count";
+    assert_eq!(
+        storage.sum(backend, &[("operation", "get"), ("outcome", "not_found")]),
+        2.0
+    );
+    assert_eq!(
+        storage.sum(backend, &[("operation", "get"), ("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        storage.sum(served, &[st, ("rpc_method", "Get"), ("code", "NOT_FOUND")]),
+        2.0
+    );
 }

@@ -9,10 +9,12 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Instant,
 };
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _, stream};
+use nws_runtime::telemetry::{OPTIMIZER, propagation::follows_current};
 use nws_watermark::{
     chunk, media,
     options::PIPELINE_VERSION,
@@ -26,6 +28,7 @@ use nws_watermark::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     OptimizeError, OptimizerConfig,
@@ -58,7 +61,8 @@ struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
+        let now = self.admitted.fetch_sub(1, Ordering::AcqRel) - 1;
+        admitted_gauge().set(now as f64);
         if !self.finished {
             // The call's future was dropped: the client went away or its
             // deadline (grpc-timeout) passed.
@@ -73,6 +77,9 @@ impl OptimizerService {
         let workers = config.worker_count();
         let queue = config.queue_length();
         tracing::info!(workers, queue, "optimizer worker pool");
+        metrics::gauge!("nws_optimizer_workers", "service" => OPTIMIZER.name).set(workers as f64);
+        metrics::gauge!("nws_optimizer_call_capacity", "service" => OPTIMIZER.name)
+            .set((workers + queue) as f64);
         Self {
             admitted: Arc::new(AtomicUsize::new(0)),
             capacity: workers + queue,
@@ -152,14 +159,17 @@ impl OptimizerService {
         };
         if before >= self.capacity {
             admission.finished = true;
+            refused("busy");
             return Err(OptimizeError::Busy { admitted: before });
         }
+        admitted_gauge().set((before + 1) as f64);
         tracing::debug!(admitted = before + 1, capacity = self.capacity, "call admitted");
         if priority == RenderPriority::Background {
             match Arc::clone(&self.workers).try_acquire_owned() {
                 Ok(worker) => admission.worker = Some(worker),
                 Err(_) => {
                     admission.finished = true;
+                    refused("no_idle_worker");
                     return Err(OptimizeError::NoIdleWorker);
                 }
             }
@@ -174,17 +184,34 @@ impl OptimizerService {
         cancel: CancellationToken,
         worker: Option<OwnedSemaphorePermit>,
     ) -> Result<Output, OptimizeError> {
+        let span = tracing::info_span!(
+            "optimize",
+            nws.input.bytes = input.len(),
+            nws.queue_wait_ms = Empty,
+        );
+        let waiting = Instant::now();
         let worker = match worker {
             Some(worker) => worker,
-            None => Arc::clone(&self.workers)
-                .acquire_owned()
-                .await
-                .map_err(|e| OptimizeError::Internal(e.into()))?,
+            None => {
+                let _in_line =
+                    Gauge::raise(metrics::gauge!("nws_optimizer_waiting_calls", "service" => OPTIMIZER.name));
+                Arc::clone(&self.workers)
+                    .acquire_owned()
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|e| OptimizeError::Internal(e.into()))?
+            }
         };
+        let waited = waiting.elapsed();
+        span.record("nws.queue_wait_ms", waited.as_millis() as u64);
+        metrics::histogram!("nws_optimizer_queue_wait_seconds", "service" => OPTIMIZER.name).record(waited);
         let limits = self.limits;
         off_the_runtime("pipeline", move || {
             let _worker = worker;
-            pipeline::run(&input, &options, &limits, &cancel)
+            let _busy =
+                Gauge::raise(metrics::gauge!("nws_optimizer_busy_workers", "service" => OPTIMIZER.name));
+            // The blocking pool's thread works inside the call's trace.
+            span.in_scope(|| pipeline::run(&input, &options, &limits, &cancel))
         })
         .await
     }
@@ -227,6 +254,33 @@ async fn off_the_runtime<T: Send + 'static>(
     }
 }
 
+/// Calls admitted: uploading, waiting for a worker or running.
+fn admitted_gauge() -> metrics::Gauge {
+    metrics::gauge!("nws_optimizer_admitted_calls", "service" => OPTIMIZER.name)
+}
+
+/// Counts a call refused at admission, by why.
+fn refused(reason: &'static str) {
+    metrics::counter!("nws_optimizer_refused_calls_total", "service" => OPTIMIZER.name, "reason" => reason)
+        .increment(1);
+}
+
+/// A gauge raised while this lives.
+struct Gauge(metrics::Gauge);
+
+impl Gauge {
+    fn raise(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 fn micros(duration: std::time::Duration) -> u64 {
     duration.as_micros().try_into().unwrap_or(u64::MAX)
 }
@@ -253,6 +307,29 @@ fn describe(
         encode_us = micros(output.timings.encode),
         "optimized"
     );
+    let service = ("service", OPTIMIZER.name);
+    for (stage, took) in [
+        ("decode", output.timings.decode),
+        ("resize", output.timings.resize),
+        ("watermark", output.timings.watermark),
+        ("encode", output.timings.encode),
+    ] {
+        metrics::histogram!(
+            "nws_optimizer_stage_duration_seconds",
+            &[service, ("stage", stage)]
+        )
+        .record(took);
+    }
+    metrics::histogram!(
+        "nws_optimizer_input_bytes",
+        &[service, ("format", media::media_type(output.source.format))]
+    )
+    .record(input_bytes as f64);
+    metrics::histogram!(
+        "nws_optimizer_output_bytes",
+        &[service, ("format", media::media_type(output.format))]
+    )
+    .record(output.bytes.len() as f64);
     OptimizeHeader {
         format: output.format as i32,
         media_type: media::media_type(output.format).to_owned(),
@@ -332,9 +409,11 @@ impl Optimizer for OptimizerService {
         let bytes = Bytes::from(output.bytes);
         // Kept by a task of its own: a caller that stops reading after the
         // bytes does not cut the write short.
-        let kept = request
-            .store_result
-            .then(|| tokio::spawn(keep(store, key, bytes.clone())));
+        let kept = request.store_result.then(|| {
+            let span =
+                follows_current(tracing::info_span!(parent: None, "result.keep", nws.result_key = %key));
+            tokio::spawn(keep(store, key, bytes.clone()).instrument(span))
+        });
         let header = RenderResponse {
             payload: Some(render_response::Payload::Header(header)),
         };

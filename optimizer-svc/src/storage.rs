@@ -6,7 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream;
 use http::Uri;
-use nws_runtime::grpc::client::{UpstreamChannel, channel};
+use nws_runtime::{
+    grpc::client::{UpstreamChannel, channel, finish_in_background},
+    telemetry::OPTIMIZER,
+};
 use nws_watermark::{
     chunk,
     pb::{GetRequest, Namespace, PutOptions, PutRequest, put_request, storage_client::StorageClient},
@@ -29,7 +32,7 @@ pub struct OriginalStore {
 impl OriginalStore {
     pub fn connect_lazy(url: Uri) -> Self {
         Self {
-            client: StorageClient::new(channel(url)),
+            client: StorageClient::new(channel(url, OPTIMIZER.name)),
         }
     }
 
@@ -52,13 +55,15 @@ impl OriginalStore {
             .await
             .map_err(|status| failed(status.into()))?
             .into_inner();
-        let (info, bytes) = framed::open(responses).await.map_err(failed)?;
+        let (info, mut bytes) = framed::open(responses).await.map_err(failed)?;
         if info.size > max_bytes {
             return Err(OptimizeError::TooManyBytes { limit: max_bytes });
         }
-        framed::collect(bytes, info.size, max_bytes)
+        let original = framed::collect(&mut bytes, info.size, max_bytes)
             .await
-            .map_err(OptimizeError::Storage)
+            .map_err(OptimizeError::Storage)?;
+        finish_in_background(bytes, "storage failed after sending a whole original");
+        Ok(original)
     }
 
     /// Keeps `bytes` as the result `key`; a result already kept under that

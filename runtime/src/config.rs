@@ -30,9 +30,36 @@ pub struct CommonConfig {
     /// Log line format; the level filter comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "NWS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Address of the admin listener: Prometheus `/metrics` and `/healthz`,
+    /// never on the public port. Unset: the binary's default (all-in-one
+    /// 127.0.0.1:9464, optimizer-svc 127.0.0.1:9465, storage-svc
+    /// 127.0.0.1:9466; the gateway serves `/metrics` on its HTTP port and
+    /// has none); empty: off.
+    #[arg(long, env = "NWS_ADMIN_ADDR", value_parser = parse_admin_addr)]
+    pub admin_addr: Option<AdminAddr>,
+}
+
+/// Where the admin listener listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_admin_addr(value: &str) -> Result<AdminAddr, String> {
+    match value.trim() {
+        "" => Ok(AdminAddr(None)),
+        addr => addr
+            .parse()
+            .map(|addr| AdminAddr(Some(addr)))
+            .map_err(|e| format!("{e}; expected host:port such as 127.0.0.1:9465, or empty for none")),
+    }
 }
 
 impl CommonConfig {
+    /// The admin listener's address: the configured one, else `default`.
+    pub fn admin_addr_or(&self, default: Option<std::net::SocketAddr>) -> Option<std::net::SocketAddr> {
+        self.admin_addr.map_or(default, |AdminAddr(addr)| addr)
+    }
+
     /// How the process's servers stop.
     pub fn drain(&self) -> crate::shutdown::Drain {
         crate::shutdown::Drain {

@@ -9,14 +9,18 @@
 //!   messages;
 //! - [`http`]: the HTTP accept loop and the HTTP layer stack, with JSON errors
 //!   that use grpc-gateway's status table;
-//! - [`shutdown`], [`telemetry`], [`panic`];
+//! - [`telemetry`]: logs that name their trace, W3C trace context, OTLP
+//!   export, Prometheus metrics; [`admin`]: the operators' listener;
+//! - [`process`]: the life of every binary; [`shutdown`], [`panic`];
 //! - `testing` (feature `test-support`): start real binaries on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod panic;
+pub mod process;
 pub mod shutdown;
 pub mod telemetry;
 

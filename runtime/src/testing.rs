@@ -232,13 +232,15 @@ impl Drop for ServiceProcess {
 fn command(binary: &Path, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary);
     for (name, _) in std::env::vars() {
-        if name.starts_with("NWS_") || name.starts_with("AWS_") {
+        if name.starts_with("NWS_") || name.starts_with("AWS_") || name.starts_with("OTEL_") {
             command.env_remove(name);
         }
     }
     command
         .env("NWS_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        // Tests run side by side: no fixed admin port.
+        .env("NWS_ADMIN_ADDR", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     command
@@ -510,5 +512,402 @@ fn spawn_s3s(root: &Path, port: u16) -> (Child, u16) {
             let _ = child.kill();
             panic!("{binary} did not report its address within {START_TIMEOUT:?}");
         }
+    }
+}
+
+/// A real OTLP/gRPC trace receiver on loopback (the official protocol's
+/// generated tonic server): what the services under test export.
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    grew: Arc<tokio::sync::Notify>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// A span as the receiver got it, with its resource's `service.name`.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub service_name: String,
+    pub name: String,
+    /// Lowercase hex, as in `traceparent`.
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    /// OTLP's SpanKind: 2 server, 3 client.
+    pub kind: i32,
+    /// OTLP's status code: 0 unset, 1 ok, 2 error.
+    pub status_code: i32,
+    /// Attribute values as text.
+    pub attributes: HashMap<String, String>,
+}
+
+impl ReceivedSpan {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+#[derive(Clone)]
+struct Collect {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    grew: Arc<tokio::sync::Notify>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collect {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+        let text = |value: &Option<AnyValue>| match value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => String::new(),
+        };
+        let attributes = |attributes: &[KeyValue]| -> HashMap<String, String> {
+            attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                .collect()
+        };
+        let mut received = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|resource| attributes(&resource.attributes))
+                .unwrap_or_default();
+            let service_name = resource.get("service.name").cloned().unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push(ReceivedSpan {
+                        service_name: service_name.clone(),
+                        name: span.name,
+                        trace_id: hex::encode(&span.trace_id),
+                        span_id: hex::encode(&span.span_id),
+                        parent_span_id: hex::encode(&span.parent_span_id),
+                        kind: span.kind,
+                        status_code: span.status.map_or(0, |status| status.code),
+                        attributes: attributes(&span.attributes),
+                    });
+                }
+            }
+        }
+        self.spans.lock().expect("spans lock").extend(received);
+        self.grew.notify_waiters();
+        Ok(tonic::Response::new(
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::default(),
+        ))
+    }
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the OTLP receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let collect = Collect {
+            spans: Arc::default(),
+            grew: Arc::default(),
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+                    collect.clone(),
+                ),
+            )
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.clone().cancelled_owned(),
+            );
+        tokio::spawn(server);
+        Self {
+            addr,
+            spans: collect.spans,
+            grew: collect.grew,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// The value for OTEL_EXPORTER_OTLP_ENDPOINT.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().expect("spans lock").clone()
+    }
+
+    /// Waits until `check` finds what it wants in the spans received.
+    pub async fn until<T>(&self, what: &str, check: impl Fn(&[ReceivedSpan]) -> Option<T>) -> T {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            let grew = self.grew.notified();
+            if let Some(found) = check(&self.spans()) {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, grew).await.is_err() {
+                let names: Vec<_> = self
+                    .spans()
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} {}<-{}",
+                            s.service_name, s.name, s.span_id, s.parent_span_id
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "no {what} within {LOG_TIMEOUT:?}; spans received:\n{}",
+                    names.join("\n")
+                );
+            }
+        }
+    }
+}
+
+/// The spans of one upload, as the three services report them: complete
+/// once the optimizer's stages and its write of the result to Storage are
+/// in. `services` are the `service.name`s of gateway, optimizer, storage.
+pub fn upload_trace(
+    spans: &[ReceivedSpan],
+    trace_id: &str,
+    services: [&str; 3],
+) -> Option<Vec<ReceivedSpan>> {
+    let ours: Vec<ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+    let storage_puts = ours
+        .iter()
+        .filter(|s| s.service_name == services[2] && s.name == "storage.put")
+        .count();
+    let complete = ours.iter().any(|s| s.name == "pipeline.encode") && storage_puts == 2;
+    complete.then_some(ours)
+}
+
+/// Asserts that `spans` (one upload's, from [`upload_trace`]) form one tree
+/// under the caller's span `caller_span_id`: gateway → storage (the
+/// original), gateway → optimizer → its stages, optimizer → storage (the
+/// original read, the result kept), each hop a client span and the
+/// server span it caused.
+pub fn assert_upload_tree(spans: &[ReceivedSpan], caller_span_id: &str, services: [&str; 3]) {
+    let [gateway, optimizer, storage] = services;
+    let describe = || {
+        spans
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {:?} {}<-{} {:?}",
+                    s.service_name, s.name, s.span_id, s.parent_span_id, s.attributes
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let one = |service: &str, name: &str, parent: Option<&str>| -> &ReceivedSpan {
+        let found: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.service_name == service && s.name == name)
+            .filter(|s| parent.is_none_or(|parent| s.parent_span_id == parent))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {service} span {name:?} under {parent:?}; spans:\n{}",
+            describe()
+        );
+        found[0]
+    };
+    let descends = |span: &ReceivedSpan, ancestor: &str| {
+        let mut parent = span.parent_span_id.clone();
+        while !parent.is_empty() {
+            if parent == ancestor {
+                return true;
+            }
+            parent = spans
+                .iter()
+                .find(|s| s.span_id == parent)
+                .map(|s| s.parent_span_id.clone())
+                .unwrap_or_default();
+        }
+        false
+    };
+
+    let http = one(gateway, "POST /v1/watermark", Some(caller_span_id));
+    assert_eq!(http.kind, 2, "the gateway's span is a server span");
+    assert_eq!(http.attribute("http.request.method"), Some("POST"));
+    assert_eq!(http.attribute("http.route"), Some("/v1/watermark"));
+    assert_eq!(http.attribute("http.response.status_code"), Some("200"));
+
+    // Each hop: the caller's client span, and the server span it caused.
+    let hop = |client_service: &str, server_service: &str, method: &str, count: usize| {
+        let clients: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.service_name == client_service && s.kind == 3 && s.name == method)
+            .collect();
+        assert_eq!(
+            clients.len(),
+            count,
+            "{client_service} → {method}; spans:\n{}",
+            describe()
+        );
+        for client in &clients {
+            assert!(
+                descends(client, &http.span_id),
+                "{method} is under the request; spans:\n{}",
+                describe()
+            );
+            assert_eq!(client.attribute("rpc.system"), Some("grpc"));
+            let server = one(server_service, method, Some(&client.span_id));
+            assert_eq!(server.kind, 2);
+            let (service, rpc_method) = method.split_once('/').unwrap();
+            assert_eq!(server.attribute("rpc.service"), Some(service));
+            assert_eq!(server.attribute("rpc.method"), Some(rpc_method));
+        }
+    };
+    hop(gateway, storage, "watermark.v1.Storage/Put", 1);
+    hop(gateway, optimizer, "watermark.v1.Optimizer/Render", 1);
+    hop(optimizer, storage, "watermark.v1.Storage/Put", 1);
+
+    let render = one(optimizer, "watermark.v1.Optimizer/Render", None);
+    assert_eq!(render.attribute("rpc.grpc.status_code"), Some("0"));
+    let optimize = one(optimizer, "optimize", Some(&render.span_id));
+    for stage in ["decode", "resize", "watermark", "encode"] {
+        one(optimizer, &format!("pipeline.{stage}"), Some(&optimize.span_id));
+    }
+    let decode = one(optimizer, "pipeline.decode", None);
+    assert_eq!(decode.attribute("nws.image.source_format"), Some("image/jpeg"));
+    assert!(decode.attribute("nws.decode.scale").is_some(), "{decode:?}");
+    let encode = one(optimizer, "pipeline.encode", None);
+    assert!(encode.attribute("nws.output.bytes").is_some(), "{encode:?}");
+
+    // The original's read and the result's write, by the optimizer.
+    let reads: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.service_name == storage && s.name == "storage.get")
+        .collect();
+    assert!(
+        reads
+            .iter()
+            .any(|s| s.attribute("nws.storage.namespace") == Some("originals")),
+        "the optimizer read the original; spans:\n{}",
+        describe()
+    );
+    let kept = one(optimizer, "result.keep", None);
+    assert!(
+        descends(kept, &render.span_id),
+        "keeping the result belongs to the render"
+    );
+
+    let lookups: Vec<(&str, &str)> = spans
+        .iter()
+        .filter(|s| s.name == "cache.lookup")
+        .map(|s| {
+            (
+                s.attribute("nws.cache.tier").unwrap_or_default(),
+                s.attribute("nws.cache.outcome").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(lookups.contains(&("memory", "miss")), "{lookups:?}");
+    assert!(lookups.contains(&("storage", "miss")), "{lookups:?}");
+}
+
+/// A `/metrics` page as Prometheus reads it: parsed by the official Python
+/// client's parser (`prometheus_client`, from the test tools), not by us.
+pub struct Scrape {
+    samples: Vec<serde_json::Value>,
+}
+
+impl Scrape {
+    /// Fetches `url` and parses it.
+    pub async fn fetch(url: &str) -> Self {
+        let response = reqwest::get(url).await.expect("scrape");
+        assert_eq!(response.status(), 200, "{url}");
+        let text = response.text().await.expect("scrape body");
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Self {
+        const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for sample in family.samples:
+        samples.append({"family": family.name, "type": family.type, "name": sample.name,
+                        "labels": sample.labels, "value": sample.value})
+json.dump(samples, sys.stdout)
+"#;
+        let mut child = Command::new(tool("NWS_TEST_PYTHON"))
+            .args(["-c", PARSE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the Prometheus parser");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin is piped");
+            stdin.write_all(text.as_bytes()).expect("feed the parser");
+        }
+        let output = child.wait_with_output().expect("the Prometheus parser");
+        assert!(
+            output.status.success(),
+            "not valid Prometheus text: {}\n{text}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self {
+            samples: serde_json::from_slice(&output.stdout).expect("the parser's JSON"),
+        }
+    }
+
+    /// The sum of the samples named `name` whose labels include `labels`
+    /// (0 when there are none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels)
+            .filter_map(|sample| sample["value"].as_f64())
+            .sum()
+    }
+
+    /// The values label `label` takes among the samples named `name`.
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut values: Vec<String> = self
+            .matching(name, &[])
+            .filter_map(|sample| sample["labels"][label].as_str().map(str::to_owned))
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+
+    /// The type Prometheus gives the family `family` (`counter`, `histogram`…).
+    pub fn family_type(&self, family: &str) -> Option<String> {
+        self.samples
+            .iter()
+            .find(|sample| sample["family"] == family)
+            .and_then(|sample| sample["type"].as_str().map(str::to_owned))
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a serde_json::Value> {
+        self.samples.iter().filter(move |sample| {
+            sample["name"] == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| sample["labels"][*key].as_str() == Some(*value))
+        })
     }
 }

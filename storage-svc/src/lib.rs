@@ -32,34 +32,44 @@ pub type App = GrpcServer;
 pub async fn build(config: StorageConfig) -> anyhow::Result<App> {
     let server = GrpcServer::bind("storage", config.storage_addr).await?;
     match config.storage_backend {
-        BackendKind::Fs => serve(server, FsStore::open(&config.data_dir).await?, &config).await,
+        BackendKind::Fs => serve(server, FsStore::open(&config.data_dir).await?, "fs", &config).await,
         BackendKind::S3 => {
             let store = S3Store::new(&config.s3, config.storage_timeout, config.max_object_bytes)?;
-            serve(server, store, &config).await
+            serve(server, store, "s3", &config).await
         }
     }
 }
 
-async fn serve<B: Backend>(server: GrpcServer, backend: B, config: &StorageConfig) -> anyhow::Result<App> {
+async fn serve<B: Backend>(
+    server: GrpcServer,
+    backend: B,
+    backend_name: &'static str,
+    config: &StorageConfig,
+) -> anyhow::Result<App> {
     let backend = Arc::new(backend);
     let timeout = config.storage_timeout;
     let checked = backend.clone();
     let server = server
         .add_service(StorageServer::new(StorageService::new(
             backend,
+            backend_name,
             config.max_object_bytes,
             timeout,
         )))
         .await
         .watch_health(SERVICE_NAME, config.storage_health_interval, move || {
             let backend = checked.clone();
-            Box::pin(async move { check_within(&*backend, timeout).await })
+            Box::pin(async move { check_within(&*backend, backend_name, timeout).await })
         });
     Ok(server)
 }
 
-async fn check_within(backend: &impl Backend, timeout: Duration) -> Result<(), String> {
-    service::bounded(timeout, "answer a health check", backend.check())
+async fn check_within(
+    backend: &impl Backend,
+    backend_name: &'static str,
+    timeout: Duration,
+) -> Result<(), String> {
+    service::bounded(backend_name, timeout, service::Operation::Check, backend.check())
         .await
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }

@@ -13,6 +13,10 @@ use nws_watermark::{
 };
 use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+
+use nws_runtime::telemetry::STORAGE;
+use tracing::{Span, field::Empty};
 
 use crate::{
     ObjectKey, StorageError,
@@ -21,6 +25,8 @@ use crate::{
 
 pub struct StorageService<B> {
     backend: Arc<B>,
+    /// `fs` or `s3`: the `backend` label of the metrics.
+    backend_name: &'static str,
     max_object_bytes: u64,
     timeout: Duration,
 }
@@ -63,14 +69,30 @@ impl PutTarget {
 }
 
 impl<B: Backend> StorageService<B> {
-    pub fn new(backend: Arc<B>, max_object_bytes: u64, timeout: Duration) -> Self {
+    pub fn new(
+        backend: Arc<B>,
+        backend_name: &'static str,
+        max_object_bytes: u64,
+        timeout: Duration,
+    ) -> Self {
         Self {
             backend,
+            backend_name,
             max_object_bytes,
             timeout,
         }
     }
 
+    #[tracing::instrument(
+        name = "storage.put",
+        skip_all,
+        fields(
+            nws.storage.backend = self.backend_name,
+            nws.storage.namespace = Empty,
+            nws.storage.bytes = Empty,
+            nws.storage.deduplicated = Empty,
+        )
+    )]
     async fn put(&self, mut upload: Streaming<PutRequest>) -> Result<PutResponse, StorageError> {
         let mut pending_chunk = None;
         let target = match next(&mut upload).await?.map(|m| m.payload) {
@@ -94,8 +116,9 @@ impl<B: Backend> StorageService<B> {
         } else {
             Some(
                 bounded(
+                    self.backend_name,
                     self.timeout,
-                    "start a write",
+                    Operation::BeginPut,
                     self.backend.begin_put(target.namespace, target.key.as_ref()),
                 )
                 .await?,
@@ -131,7 +154,13 @@ impl<B: Backend> StorageService<B> {
             }
             hasher.update(&chunk);
             if let Some(writer) = writer.as_mut() {
-                bounded(self.timeout, "store a chunk", writer.write(chunk)).await?;
+                bounded(
+                    self.backend_name,
+                    self.timeout,
+                    Operation::Write,
+                    writer.write(chunk),
+                )
+                .await?;
             }
         }
 
@@ -146,9 +175,21 @@ impl<B: Backend> StorageService<B> {
         }
         let key = target.key.unwrap_or(content_sha256);
         let deduplicated = match writer {
-            Some(writer) => bounded(self.timeout, "commit an object", writer.commit(&key)).await?,
+            Some(writer) => {
+                bounded(
+                    self.backend_name,
+                    self.timeout,
+                    Operation::Commit,
+                    writer.commit(&key),
+                )
+                .await?
+            }
             None => true,
         };
+        let span = Span::current();
+        span.record("nws.storage.namespace", target.namespace.prefix());
+        span.record("nws.storage.bytes", size);
+        span.record("nws.storage.deduplicated", deduplicated);
         tracing::info!(%key, namespace = target.namespace.prefix(), size, deduplicated, "put");
         Ok(PutResponse {
             sha256: key.to_string(),
@@ -160,8 +201,9 @@ impl<B: Backend> StorageService<B> {
 
     async fn exists(&self, namespace: Namespace, key: &ObjectKey) -> Result<bool, StorageError> {
         match bounded(
+            self.backend_name,
             self.timeout,
-            "describe an object",
+            Operation::Stat,
             self.backend.stat(namespace, key),
         )
         .await
@@ -181,18 +223,79 @@ fn no_payload() -> StorageError {
     StorageError::BadRequest("a Put message carries neither options nor a chunk")
 }
 
-/// Runs one backend operation under the deadline.
+/// A backend operation: its metric label, and what it was doing in words
+/// for error messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Operation {
+    BeginPut,
+    Write,
+    Commit,
+    Stat,
+    Get,
+    Read,
+    Delete,
+    Check,
+}
+
+impl Operation {
+    fn label(self) -> &'static str {
+        match self {
+            Operation::BeginPut => "begin_put",
+            Operation::Write => "write",
+            Operation::Commit => "commit",
+            Operation::Stat => "stat",
+            Operation::Get => "get",
+            Operation::Read => "read",
+            Operation::Delete => "delete",
+            Operation::Check => "check",
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Operation::BeginPut => "start a write",
+            Operation::Write => "store a chunk",
+            Operation::Commit => "commit an object",
+            Operation::Stat => "describe an object",
+            Operation::Get => "open an object",
+            Operation::Read => "read an object",
+            Operation::Delete => "delete an object",
+            Operation::Check => "answer a health check",
+        }
+    }
+}
+
+/// Runs a backend operation under the deadline, and counts it: latency by
+/// backend, operation and outcome (`ok`, `not_found`, `error`, `timeout`).
 pub(crate) async fn bounded<T>(
+    backend: &'static str,
     timeout: Duration,
-    action: &'static str,
-    operation: impl Future<Output = Result<T, StorageError>>,
+    operation: Operation,
+    work: impl Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
-    tokio::time::timeout(timeout, operation)
-        .await
-        .map_err(|_| StorageError::Timeout {
-            action,
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(StorageError::Timeout {
+            action: operation.action(),
             after: timeout,
-        })?
+        }),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(StorageError::NotFound(_)) => "not_found",
+        Err(StorageError::Timeout { .. }) => "timeout",
+        Err(_) => "error",
+    };
+    metrics::histogram!(
+        "nws_storage_backend_operation_duration_seconds",
+        "service" => STORAGE.name,
+        "backend" => backend,
+        "operation" => operation.label(),
+        "outcome" => outcome,
+    )
+    .record(started.elapsed());
+    result
 }
 
 /// The object a Get, Stat or Delete names.
@@ -222,16 +325,35 @@ impl<B: Backend> Storage for StorageService<B> {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let request = request.into_inner();
         let (namespace, key) = object_named(&request.sha256, request.namespace)?;
-        let (meta, body) = bounded(self.timeout, "open an object", self.backend.get(namespace, &key)).await?;
+        let span = tracing::info_span!(
+            "storage.get",
+            nws.storage.backend = self.backend_name,
+            nws.storage.namespace = namespace.prefix(),
+            nws.storage.bytes = Empty
+        );
+        let (meta, body) = bounded(
+            self.backend_name,
+            self.timeout,
+            Operation::Get,
+            self.backend.get(namespace, &key),
+        )
+        .instrument(span.clone())
+        .await?;
+        span.record("nws.storage.bytes", meta.size);
         let info = GetResponse {
             payload: Some(get_response::Payload::Info(object_info(&key, meta))),
         };
         // Each piece is read under the deadline, so a backend that stalls
         // mid-object ends the stream with UNAVAILABLE instead of hanging it.
         let timeout = self.timeout;
+        let backend_name = self.backend_name;
         let pieces = stream::unfold(Some(body), move |body| async move {
             let mut body = body?;
-            match bounded(timeout, "read an object", async { body.next().await.transpose() }).await {
+            match bounded(backend_name, timeout, Operation::Read, async {
+                body.next().await.transpose()
+            })
+            .await
+            {
                 Ok(Some(piece)) => Some((Ok(piece), Some(body))),
                 Ok(None) => None,
                 Err(e) => Some((Err(Status::from(e)), None)),
@@ -255,12 +377,21 @@ impl<B: Backend> Storage for StorageService<B> {
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let request = request.into_inner();
         let (namespace, key) = object_named(&request.sha256, request.namespace)?;
+        let span = tracing::info_span!(
+            "storage.stat",
+            nws.storage.backend = self.backend_name,
+            nws.storage.namespace = namespace.prefix(),
+            nws.storage.bytes = Empty
+        );
         let meta = bounded(
+            self.backend_name,
             self.timeout,
-            "describe an object",
+            Operation::Stat,
             self.backend.stat(namespace, &key),
         )
+        .instrument(span.clone())
         .await?;
+        span.record("nws.storage.bytes", meta.size);
         Ok(Response::new(StatResponse {
             info: Some(object_info(&key, meta)),
         }))
@@ -270,8 +401,9 @@ impl<B: Backend> Storage for StorageService<B> {
         let request = request.into_inner();
         let (namespace, key) = object_named(&request.sha256, request.namespace)?;
         let deleted = bounded(
+            self.backend_name,
             self.timeout,
-            "delete an object",
+            Operation::Delete,
             self.backend.delete(namespace, &key),
         )
         .await?;

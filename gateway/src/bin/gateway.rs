@@ -3,7 +3,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use gateway::GatewayConfig;
 use http::Uri;
-use nws_runtime::config::{CommonConfig, exit_code, parse_or_exit, parse_upstream_url};
+use nws_runtime::{
+    config::{CommonConfig, parse_or_exit, parse_upstream_url},
+    telemetry::{GATEWAY, Services},
+};
 
 /// NWS Watermark gateway: the HTTP edge, in front of Optimizer and Storage
 /// services started apart (for everything in one process, run `nws-mesh`).
@@ -28,11 +31,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
-    nws_runtime::telemetry::init(cli.common.log_format);
-    let run = async {
+    // The gateway's /metrics is on its HTTP port: no admin listener unless asked.
+    nws_runtime::process::run(Services(&[GATEWAY]), &cli.common, None, async |shutdown| {
         let app = gateway::build(&cli.gateway, cli.optimizer_url, cli.storage_url).await?;
-        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain())
+        app.run_until_stopped(shutdown.cancelled_owned(), cli.common.drain())
             .await
-    };
-    exit_code(run.await)
+    })
+    .await
 }

@@ -26,6 +26,7 @@ use std::{
 use bytes::Bytes;
 use http::HeaderValue;
 use moka::future::Cache;
+use nws_runtime::telemetry::{GATEWAY, propagation::follows_current};
 use nws_watermark::{
     media,
     options::Options,
@@ -34,6 +35,7 @@ use nws_watermark::{
 };
 use tokio::sync::Semaphore;
 use tonic::Code;
+use tracing::{Instrument as _, field::Empty};
 
 pub use self::redis::RedisTier;
 use crate::{
@@ -220,15 +222,13 @@ impl Results {
         timing: &mut ServerTiming,
         render: Option<&RenderJob>,
     ) -> Result<Found, ApiError> {
-        let started = Instant::now();
-        let in_memory = self.memory.get(&key).await;
-        timing.since("l1", "cache: memory", started);
+        let in_memory = Tier::Memory
+            .look(timing, self.memory.get(&key), |found| {
+                Outcome::of(found.is_some())
+            })
+            .await;
         if let Some(image) = in_memory {
-            return Ok(Found {
-                image,
-                source: Source::Memory,
-                header: None,
-            });
+            return Ok(Found::counted(image, Source::Memory, None));
         }
 
         // Set only when this call is the one that walks the tiers.
@@ -247,22 +247,14 @@ impl Results {
 
         let Some((source, header)) = led else {
             timing.since("wait", "coalesced: waited for an identical request", waiting);
-            return Ok(Found {
-                image,
-                source: Source::Coalesced,
-                header: None,
-            });
+            return Ok(Found::counted(image, Source::Coalesced, None));
         };
         if header.as_ref().is_some_and(|h| h.result_key != key.to_string()) {
             // Made under another name (an optimizer of another pipeline
             // version): serve it, keep it nowhere under ours.
             self.memory.invalidate(&key).await;
         }
-        Ok(Found {
-            image,
-            source,
-            header,
-        })
+        Ok(Found::counted(image, source, header))
     }
 
     async fn below_memory(
@@ -272,17 +264,20 @@ impl Results {
         render: Option<&RenderJob>,
     ) -> Result<(Arc<CachedImage>, Source, Option<OptimizeHeader>), ApiError> {
         if let Some(redis) = &self.redis {
-            let started = Instant::now();
-            let hit = redis.get(&key).await;
-            timing.since("l2", "cache: redis", started);
+            let hit = Tier::Redis
+                .look(timing, redis.get(&key), |hit| Outcome::of(hit.is_some()))
+                .await;
             if let Some(bytes) = hit {
                 return Ok((CachedImage::new(&key, bytes), Source::Redis, None));
             }
         }
 
-        let started = Instant::now();
-        let stored = self.in_store(&key).await;
-        timing.since("store", "cache: storage", started);
+        let stored = Tier::Store
+            .look(timing, self.in_store(&key), |stored| match stored {
+                Ok(found) => Outcome::of(found.is_some()),
+                Err(_) => Outcome::Error,
+            })
+            .await;
         if let Some(image) = stored? {
             self.fill_redis(key, &image);
             return Ok((image, Source::Store, None));
@@ -332,7 +327,9 @@ impl Results {
             return;
         }
         let results = self.clone();
-        tokio::spawn(async move {
+        let span =
+            follows_current(tracing::info_span!(parent: None, "render.background", nws.result_key = %key));
+        let work = async move {
             let _permit = permit;
             match results.upstreams.render(&job, RenderPriority::Background).await {
                 Ok((header, bytes)) if named(&header, key).is_some() => {
@@ -355,7 +352,8 @@ impl Results {
                 .lock()
                 .expect("never poisoned")
                 .remove(&key);
-        });
+        };
+        tokio::spawn(work.instrument(span));
     }
 
     async fn in_store(&self, key: &ResultKey) -> Result<Option<Arc<CachedImage>>, ApiError> {
@@ -370,7 +368,99 @@ impl Results {
     fn fill_redis(&self, key: ResultKey, image: &Arc<CachedImage>) {
         if let Some(redis) = self.redis.clone() {
             let image = Arc::clone(image);
-            tokio::spawn(async move { redis.set(&key, &image.bytes).await });
+            let span = follows_current(tracing::info_span!(
+                parent: None,
+                "cache.fill",
+                nws.cache.tier = "l2",
+                nws.bytes = image.bytes.len()
+            ));
+            tokio::spawn(async move { redis.set(&key, &image.bytes).await }.instrument(span));
+        }
+    }
+}
+
+/// A cache tier, as lookups name it in `Server-Timing`, spans and metrics.
+#[derive(Debug, Clone, Copy)]
+enum Tier {
+    Memory,
+    Redis,
+    Store,
+}
+
+/// What a tier's lookup found.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Hit,
+    Miss,
+    Error,
+}
+
+impl Outcome {
+    fn of(found: bool) -> Self {
+        if found { Outcome::Hit } else { Outcome::Miss }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl Tier {
+    /// (`Server-Timing` name and description, metric label)
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Tier::Memory => ("l1", "cache: memory", "memory"),
+            Tier::Redis => ("l2", "cache: redis", "redis"),
+            Tier::Store => ("store", "cache: storage", "storage"),
+        }
+    }
+
+    /// Runs a lookup in this tier, timed in `Server-Timing`, in a span of
+    /// its own with its outcome, and counted.
+    async fn look<T>(
+        self,
+        timing: &mut ServerTiming,
+        lookup: impl Future<Output = T>,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) -> T {
+        let (name, description, label) = self.names();
+        let span = tracing::info_span!("cache.lookup", nws.cache.tier = label, nws.cache.outcome = Empty);
+        let started = Instant::now();
+        let found = lookup.instrument(span.clone()).await;
+        let took = started.elapsed();
+        timing.add(name, description, took);
+        let outcome = outcome(&found).label();
+        span.record("nws.cache.outcome", outcome);
+        metrics::counter!(
+            "nws_cache_lookups_total",
+            "service" => GATEWAY.name,
+            "tier" => label,
+            "outcome" => outcome
+        )
+        .increment(1);
+        metrics::histogram!("nws_cache_lookup_duration_seconds", "service" => GATEWAY.name, "tier" => label)
+            .record(took);
+        found
+    }
+}
+
+impl Found {
+    /// A lookup's answer, counted by where it came from (`X-Cache`).
+    fn counted(image: Arc<CachedImage>, source: Source, header: Option<OptimizeHeader>) -> Self {
+        metrics::counter!(
+            "nws_results_total",
+            "service" => GATEWAY.name,
+            "source" => source.header_value()
+        )
+        .increment(1);
+        Self {
+            image,
+            source,
+            header,
         }
     }
 }

@@ -162,12 +162,14 @@ impl RedisTier {
     }
 
     fn mark_up(&self) {
+        up_gauge().set(1.0);
         if !self.health.up.swap(true, Ordering::Relaxed) {
             tracing::info!("redis answers again: the L2 cache is back in use");
         }
     }
 
     fn mark_down(&self, failure: &Failure) {
+        up_gauge().set(0.0);
         *self.health.reason.lock().expect("never poisoned") = failure.down;
         if self.health.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
@@ -211,6 +213,11 @@ impl RedisTier {
             }),
         }
     }
+}
+
+/// `nws_redis_up`: 1 while Redis answers, 0 while the L2 tier is skipped.
+fn up_gauge() -> metrics::Gauge {
+    metrics::gauge!("nws_redis_up", "service" => nws_runtime::telemetry::GATEWAY.name)
 }
 
 #[cfg(test)]

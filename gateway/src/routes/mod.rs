@@ -15,7 +15,7 @@ use axum::{
     routing::{get, post},
 };
 use http::header;
-use nws_runtime::http::HttpConfig;
+use nws_runtime::{http::HttpConfig, telemetry::GATEWAY};
 
 use crate::{results::Results, transcode::Binding, upstream::Upstreams};
 
@@ -59,6 +59,7 @@ pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig) -> Route
         .route("/status/{sha256}", get(objects::status))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(nws_runtime::telemetry::metrics::handler))
         .route(
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi.clone()) }),
@@ -68,5 +69,5 @@ pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig) -> Route
         // Upload handlers enforce NWS_MAX_UPLOAD_BYTES themselves, while
         // streaming; axum's buffered default must not cut in first.
         .layer(DefaultBodyLimit::disable());
-    nws_runtime::http::layer_stack(router, http)
+    nws_runtime::http::layer_stack(router, GATEWAY.name, http)
 }

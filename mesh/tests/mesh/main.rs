@@ -7,6 +7,7 @@ mod clients;
 mod forms;
 mod http_api;
 mod lifecycle;
+mod observability;
 mod protocol;
 
 use std::path::PathBuf;
@@ -44,7 +45,8 @@ impl Mesh {
         ];
         all_env.extend_from_slice(env);
         let given = |name: &str| env.iter().any(|(key, _)| *key == name);
-        let mut services = vec!["gateway"];
+        // The admin listener serves the metrics of the whole process.
+        let mut services = vec!["gateway", "admin"];
         if !given("NWS_OPTIMIZER_URL") {
             services.push("optimizer");
         }

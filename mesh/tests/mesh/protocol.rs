@@ -64,7 +64,9 @@ async fn slow_clients_are_cut_off_and_excess_requests_shed_with_retry_after() {
         .until("the stalled upload starting", |events| {
             events
                 .iter()
-                .any(|e| e["message"] == "started processing request" && e["span"]["uri"] == "/v1/watermark")
+                .any(|e| {
+                    e["message"] == "started processing request" && e["span"]["url.path"] == "/v1/watermark"
+                })
                 .then_some(())
         })
         .await;

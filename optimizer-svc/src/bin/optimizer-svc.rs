@@ -1,8 +1,11 @@
-use std::process::ExitCode;
+use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use http::Uri;
-use nws_runtime::config::{CommonConfig, exit_code, parse_or_exit, parse_upstream_url};
+use nws_runtime::{
+    config::{CommonConfig, parse_or_exit, parse_upstream_url},
+    telemetry::{OPTIMIZER, Services},
+};
 use optimizer_svc::OptimizerConfig;
 
 /// NWS Watermark Optimizer service.
@@ -25,11 +28,16 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
-    nws_runtime::telemetry::init(cli.common.log_format);
-    let run = async {
-        let app = optimizer_svc::build(cli.optimizer, cli.storage_url).await?;
-        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain())
-            .await
-    };
-    exit_code(run.await)
+    let admin = SocketAddr::from(([127, 0, 0, 1], 9465));
+    nws_runtime::process::run(
+        Services(&[OPTIMIZER]),
+        &cli.common,
+        Some(admin),
+        async |shutdown| {
+            let app = optimizer_svc::build(cli.optimizer, cli.storage_url).await?;
+            app.run_until_stopped(shutdown.cancelled_owned(), cli.common.drain())
+                .await
+        },
+    )
+    .await
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use image::DynamicImage;
-use nws_watermark::pb::ImageFormat;
+use nws_watermark::{media, pb::ImageFormat};
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
 
 pub use decode::{Header, Limits, probe};
 pub use nws_watermark::options::{self, Options};
@@ -105,10 +106,33 @@ pub fn run(
         Ok(())
     };
 
+    // A span per stage, child of the call's `optimize` span, with what the
+    // stage worked on: enough to see in a trace why one image was slow.
     go_on("decode")?;
     let started = Instant::now();
-    let (source, pixels) = decode::decode(input, limits, (options.max_width, options.max_height))?;
+    let span = tracing::info_span!(
+        "pipeline.decode",
+        nws.input.bytes = input.len(),
+        nws.image.source_format = Empty,
+        nws.image.source_width = Empty,
+        nws.image.source_height = Empty,
+        nws.image.decoded_width = Empty,
+        nws.image.decoded_height = Empty,
+        nws.decode.scale = Empty,
+    );
+    let (source, pixels) =
+        span.in_scope(|| decode::decode(input, limits, (options.max_width, options.max_height)))?;
     timings.decode = started.elapsed();
+    span.record("nws.image.source_format", media::media_type(source.format));
+    span.record("nws.image.source_width", source.width);
+    span.record("nws.image.source_height", source.height);
+    span.record("nws.image.decoded_width", pixels.width);
+    span.record("nws.image.decoded_height", pixels.height);
+    // Shrink-on-load: the fraction of the stored size the decoder produced.
+    let scale =
+        f64::from(pixels.width.max(pixels.height)) / f64::from(source.width.max(source.height).max(1));
+    span.record("nws.decode.scale", scale);
+    drop(span);
 
     let (display_width, display_height) = source.display_size();
     let (width, height) = fit_within(
@@ -120,35 +144,64 @@ pub fn run(
 
     go_on("resize")?;
     let started = Instant::now();
-    let mut pixels = resize::resize(pixels, width, height, options.resize_filter)
+    let span = tracing::info_span!(
+        "pipeline.resize",
+        nws.resize.from_width = pixels.width,
+        nws.resize.from_height = pixels.height,
+        nws.resize.to_width = width,
+        nws.resize.to_height = height,
+        nws.resize.filter = ?options.resize_filter,
+    );
+    let mut pixels = span
+        .in_scope(|| resize::resize(pixels, width, height, options.resize_filter))
         .context("resize")
         .map_err(OptimizeError::Internal)?;
     timings.resize = started.elapsed();
+    drop(span);
 
     go_on("watermark")?;
     let started = Instant::now();
+    let span = tracing::info_span!(
+        "pipeline.watermark",
+        nws.watermark.position = ?options.position,
+        nws.watermark.tiled = options.tiled,
+        nws.watermark.ink = Empty,
+    );
     let mark = watermark::Mark {
         text: &options.text,
         position: options.position,
         opacity: options.opacity,
         tiled: options.tiled,
     };
-    let ink = watermark::draw(&mut pixels, &mark);
+    let ink = span.in_scope(|| watermark::draw(&mut pixels, &mark));
+    span.record("nws.watermark.ink", tracing::field::debug(ink));
     timings.watermark = started.elapsed();
+    drop(span);
 
     go_on("encode")?;
     let started = Instant::now();
     let format = encode::resolve_format(options.format, &options.accept, &pixels);
-    let mut bytes = encode::encode(&pixels, format, options.quality, options.progressive)
-        .with_context(|| format!("encode {format:?}"))
-        .map_err(OptimizeError::Internal)?;
-    if options.keep_metadata
-        && format == ImageFormat::Jpeg
-        && let Some(exif) = metadata::exif_for_output(source.format, input)
-    {
-        bytes = metadata::insert_exif(bytes, &exif);
-    }
+    let span = tracing::info_span!(
+        "pipeline.encode",
+        nws.image.format = media::media_type(format),
+        nws.encode.quality = options.quality,
+        nws.output.bytes = Empty,
+    );
+    let bytes = span.in_scope(|| {
+        let mut bytes = encode::encode(&pixels, format, options.quality, options.progressive)
+            .with_context(|| format!("encode {format:?}"))
+            .map_err(OptimizeError::Internal)?;
+        if options.keep_metadata
+            && format == ImageFormat::Jpeg
+            && let Some(exif) = metadata::exif_for_output(source.format, input)
+        {
+            bytes = metadata::insert_exif(bytes, &exif);
+        }
+        Ok::<_, OptimizeError>(bytes)
+    })?;
+    span.record("nws.output.bytes", bytes.len());
     timings.encode = started.elapsed();
+    drop(span);
 
     buffers::give_back(pixels.data);
 

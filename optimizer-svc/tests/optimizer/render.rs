@@ -84,8 +84,9 @@ async fn render(
 ) -> Result<(OptimizeHeader, Vec<u8>), tonic::Status> {
     let read = async {
         let responses = client.render(request).await?.into_inner();
-        let (header, bytes) = framed::open(responses).await?;
-        let bytes = framed::collect(bytes, header.size, u64::MAX).await?;
+        let (header, mut rest) = framed::open(responses).await?;
+        let bytes = framed::collect(&mut rest, header.size, u64::MAX).await?;
+        framed::finish(rest).await?;
         Ok((header, bytes.to_vec()))
     };
     read.await.map_err(|error| match error {

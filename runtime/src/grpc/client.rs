@@ -1,32 +1,56 @@
 //! Channels to the services this process calls, all built the same way, so
-//! that client-side layers (trace-context injection, credentials) are added
-//! once, here, for every upstream.
+//! that client-side layers (a span per call carrying its W3C trace context,
+//! call metrics; credentials when they come) are added once, here, for
+//! every upstream.
 
 use std::{fmt, time::Duration};
 
 use http::Uri;
+use nws_watermark::stream::ByteStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tracing::Instrument as _;
 
-/// The channel type every upstream client uses. Client layers, when they
-/// come, wrap it here and nowhere else.
-pub type UpstreamChannel = Channel;
+use super::ObservedService;
+
+/// The channel type every upstream client uses. Client layers wrap it here
+/// and nowhere else.
+pub type UpstreamChannel = ObservedService<Channel>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A channel to `uri` that connects on first use and reconnects by itself,
-/// so a process starts (and reports not ready) while an upstream is down,
-/// and recovers when it returns.
-pub fn channel(uri: Uri) -> UpstreamChannel {
-    Endpoint::from(uri)
+/// A channel to `uri` for calls made on behalf of `caller` (the service of
+/// this process that makes them: their spans and metrics are its). It
+/// connects on first use and reconnects by itself, so a process starts (and
+/// reports not ready) while an upstream is down, and recovers when it
+/// returns.
+pub fn channel(uri: Uri, caller: &'static str) -> UpstreamChannel {
+    let channel = Endpoint::from(uri)
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
-        .connect_lazy()
+        .connect_lazy();
+    ObservedService::client(channel, caller)
+}
+
+/// Reads the rest of a response stream whose bytes the caller already has
+/// (its status, after the writes the sender finishes first) on a task of
+/// its own, so the caller answers at once and the call still ends as the
+/// upstream ended it, in its span and metrics. A failure reported there is
+/// logged as `what`.
+pub fn finish_in_background(rest: ByteStream, what: &'static str) {
+    tokio::spawn(
+        async move {
+            if let Err(error) = nws_watermark::stream::finish(rest).await {
+                tracing::warn!(%error, "{what}");
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// Why an upstream is not ready, in words that are safe to publish (on

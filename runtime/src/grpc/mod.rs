@@ -3,7 +3,9 @@
 //! message is safe to show an end user ([`status`]).
 
 pub mod client;
+mod observe;
 mod server;
 pub mod status;
 
+pub use observe::{Observed, ObservedService};
 pub use server::{CheckFuture, GrpcServer, HEALTH_SERVICE};

@@ -13,13 +13,10 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower_http::{
-    classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier},
-    trace::TraceLayer,
-};
 
 use nws_watermark::pb::FILE_DESCRIPTOR_SET;
 
+use super::observe::ServerLayer;
 use crate::shutdown::Drain;
 
 /// Fully-qualified name of the standard health service.
@@ -225,55 +222,22 @@ fn reflection_builder(service_names: &[&'static str]) -> tonic_reflection::serve
 }
 
 /// The layers every gRPC server runs, outermost first. `service` names the
-/// server in every call's span, so the logs of several services in one
-/// process (the all-in-one mesh) stay apart.
+/// server in every call's span and metrics, so the spans, logs and series
+/// of several services in one process (the all-in-one mesh) stay apart.
 ///
-/// 1. Trace span: outermost, so each call's span covers everything below
-///    it, refusals included.
-/// 2. (trace context) Continue the caller's W3C trace from the metadata:
-///    before anything that logs, so every line names the trace.
-/// 3. (authentication) Bearer token from `authorization`: a refused caller
+/// 1. Observation: the call's span continues the caller's W3C trace from
+///    the metadata (before anything that logs, so every line names the
+///    trace), and its duration is counted per method and status code. It
+///    is outermost so that refusals below are seen too.
+/// 2. (authentication) Bearer token from `authorization`: a refused caller
 ///    costs nothing below.
-/// 4. (rate limits) Per caller, so it needs the identity from 3.
-/// 5. (metrics) Counts what was admitted, with its status.
+/// 3. (rate limits) Per caller, so it needs the identity from 2.
 ///
-/// Slots 2–5 are where those concerns go when they land; the service's own
+/// Slots 2–3 are where those concerns go when they land; the service's own
 /// admission control (the optimizer's bounded waiting line) stays inside
 /// the service, where it knows the cost of a call.
 fn layer_stack(
     service: &'static str,
-) -> tower::ServiceBuilder<
-    tower::layer::util::Stack<
-        TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
-        tower::layer::util::Identity,
-    >,
-> {
-    // Refusals of bad requests are the service working; only errors on
-    // the server's side are logged as failures.
-    let classifier = [
-        GrpcCode::InvalidArgument,
-        GrpcCode::NotFound,
-        GrpcCode::AlreadyExists,
-        GrpcCode::FailedPrecondition,
-        GrpcCode::OutOfRange,
-        GrpcCode::Cancelled,
-        GrpcCode::Unauthenticated,
-        GrpcCode::PermissionDenied,
-    ]
-    .into_iter()
-    .fold(GrpcErrorsAsFailures::new(), GrpcErrorsAsFailures::with_success);
-    tower::ServiceBuilder::new()
-        .layer(TraceLayer::new(SharedClassifier::new(classifier)).make_span_with(MakeCallSpan { service }))
-}
-
-/// A span per call: the server's name and the method's path.
-#[derive(Clone, Copy)]
-struct MakeCallSpan {
-    service: &'static str,
-}
-
-impl<B> tower_http::trace::MakeSpan<B> for MakeCallSpan {
-    fn make_span(&mut self, request: &http::Request<B>) -> tracing::Span {
-        tracing::info_span!("grpc", server = self.service, path = %request.uri().path())
-    }
+) -> tower::ServiceBuilder<tower::layer::util::Stack<ServerLayer, tower::layer::util::Identity>> {
+    tower::ServiceBuilder::new().layer(ServerLayer { service })
 }

@@ -2,7 +2,10 @@
 //! HTTP router runs behind ([`layer_stack`]), and JSON errors whose status
 //! follows grpc-gateway's table of gRPC codes.
 
+mod observe;
 mod serve;
+
+pub use observe::TRACE_ID_HEADER;
 
 use std::{
     net::SocketAddr,
@@ -139,9 +142,11 @@ async fn not_ready_while_draining(
 }
 
 /// The layers around every route of an HTTP server, outermost first:
-/// 1. the trace span covers everything, so no request goes unlogged;
-/// 2. (trace context) continue the caller's `traceparent`, so everything
-///    below, refusals included, belongs to the caller's trace;
+/// 1. the trace span covers everything, so no request goes unlogged; it
+///    continues the caller's `traceparent`, so everything below, refusals
+///    included, belongs to the caller's trace;
+/// 2. observation: request duration per route template and status, and the
+///    response names its trace (`traceparent`, `x-trace-id`);
 /// 3. a panic becomes a JSON 500 instead of a dropped connection;
 /// 4. (authentication, then rate limits per caller) refused requests cost
 ///    nothing below;
@@ -152,14 +157,17 @@ async fn not_ready_while_draining(
 ///    client asks; images never are, they are compressed already.
 ///
 /// Unknown routes and methods get JSON errors too.
-pub fn layer_stack(router: Router, config: &HttpConfig) -> Router {
+///
+/// `service` names the server in spans and metrics.
+pub fn layer_stack(router: Router, service: &'static str, config: &HttpConfig) -> Router {
     let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
+                .layer(TraceLayer::new_for_http().make_span_with(observe::MakeRequestSpan { service }))
+                .layer(middleware::from_fn_with_state(service, observe::observe))
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(middleware::from_fn_with_state(permits, shed_load))
                 .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))

@@ -1,7 +1,10 @@
-use std::process::ExitCode;
+use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use nws_runtime::config::{CommonConfig, exit_code, parse_or_exit};
+use nws_runtime::{
+    config::{CommonConfig, parse_or_exit},
+    telemetry::{STORAGE, Services},
+};
 use storage_svc::StorageConfig;
 
 /// NWS Watermark Storage service.
@@ -17,11 +20,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
-    nws_runtime::telemetry::init(cli.common.log_format);
-    let run = async {
+    let admin = SocketAddr::from(([127, 0, 0, 1], 9466));
+    nws_runtime::process::run(Services(&[STORAGE]), &cli.common, Some(admin), async |shutdown| {
         let app = storage_svc::build(cli.storage).await?;
-        app.run_until_stopped(nws_runtime::shutdown::signal(), cli.common.drain())
+        app.run_until_stopped(shutdown.cancelled_owned(), cli.common.drain())
             .await
-    };
-    exit_code(run.await)
+    })
+    .await
 }

@@ -1,0 +1,164 @@
+//! Logs, traces and metrics, set up in one place for every binary.
+//!
+//! - Logs: `RUST_LOG` filters (default `info`); JSON lines carry the
+//!   `trace_id` and `span_id` of the span they were written in.
+//! - Traces: every `tracing` span is an OpenTelemetry span. W3C context is
+//!   read from and written to every call by the runtime's layer stacks
+//!   ([`propagation`]). Spans are exported over OTLP/gRPC only when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+//!   is set, from a bounded queue that drops (and counts) rather than wait
+//!   ([`export`]). Sampling follows `OTEL_TRACES_SAMPLER`/`_ARG` (default
+//!   `parentbased_always_on`); the resource follows `OTEL_SERVICE_NAME` and
+//!   `OTEL_RESOURCE_ATTRIBUTES`.
+//! - Metrics: one Prometheus registry per process ([`metrics`]).
+
+mod export;
+mod logs;
+pub mod metrics;
+pub mod propagation;
+
+use std::time::Duration;
+
+use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
+
+use crate::config::LogFormat;
+
+/// The services a process runs, each reported under its own `service.name`
+/// (the all-in-one binary runs three). The first is the process's own name,
+/// for what belongs to no service in particular.
+#[derive(Debug, Clone, Copy)]
+pub struct Services(pub &'static [Service]);
+
+/// A service of the mesh: its short name (the `service` label of its
+/// metrics, the `nws.service` attribute of the runtime's spans) and the
+/// crate whose spans are its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    pub name: &'static str,
+    pub crate_name: &'static str,
+}
+
+pub const GATEWAY: Service = Service {
+    name: "gateway",
+    crate_name: "gateway",
+};
+pub const OPTIMIZER: Service = Service {
+    name: "optimizer",
+    crate_name: "optimizer_svc",
+};
+pub const STORAGE: Service = Service {
+    name: "storage",
+    crate_name: "storage_svc",
+};
+
+/// What [`init`] set up; [`Telemetry::shutdown`] sends the spans still
+/// queued before the process exits.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: Option<export::Exporting>,
+}
+
+/// Installs logging, the tracer and the metrics registry for the process.
+/// Calling it again (tests that build several services in one process) is
+/// harmless: the first set-up stays.
+pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> {
+    let env = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+
+    let (propagator, unknown) = propagation::from_env(env("OTEL_PROPAGATORS").as_deref());
+    opentelemetry::global::set_text_map_propagator(propagator);
+
+    let exporting = if env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+        || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+    {
+        Some(export::Exporting::start(services, |service| {
+            resource(services, service, env("OTEL_SERVICE_NAME"))
+        })?)
+    } else {
+        None
+    };
+    let mut provider = SdkTracerProvider::builder().with_resource(resource(
+        services,
+        services.0[0],
+        env("OTEL_SERVICE_NAME"),
+    ));
+    if let Some(exporting) = &exporting {
+        provider = provider.with_span_processor(exporting.processor());
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("nws-watermark");
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        // The span's module path: how the all-in-one run tells its
+        // services' spans apart.
+        .with_target(true);
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_lines = match format {
+        LogFormat::Text => fmt::layer().with_target(true).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .event_format(logs::WithTraceIds::new(fmt::format().json().flatten_event(true)))
+            .boxed(),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(traces)
+        .with(log_lines)
+        .with(filter);
+    let dispatch = tracing::Dispatch::new(subscriber);
+    if dispatch.clone().try_init().is_ok() {
+        logs::remember(&dispatch);
+        metrics::install();
+        metrics::build_info(services.0[0].name);
+    }
+
+    for name in unknown {
+        tracing::warn!(propagator = %name, "OTEL_PROPAGATORS names a format this build does not speak; ignored");
+    }
+    match &exporting {
+        Some(_) => tracing::info!("traces: exported over OTLP/gRPC (OTEL_EXPORTER_OTLP_*)"),
+        None => tracing::debug!("traces: propagated, not exported (no OTEL_EXPORTER_OTLP_ENDPOINT)"),
+    }
+    Ok(Telemetry { provider, exporting })
+}
+
+impl Telemetry {
+    /// Sends what is still queued, for at most `timeout`, then stops the
+    /// exporter.
+    pub async fn shutdown(self, timeout: Duration) {
+        if let Some(exporting) = self.exporting {
+            exporting.finish(timeout).await;
+        }
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// The resource a service's spans are reported under. One service alone
+/// takes `OTEL_SERVICE_NAME` as it is (default `nws-<service>`); in the
+/// all-in-one run each service is `<OTEL_SERVICE_NAME, default nws>-<service>`.
+/// `OTEL_RESOURCE_ATTRIBUTES` adds the rest (a `service.name` there counts
+/// when `OTEL_SERVICE_NAME` is unset, as the specification says).
+fn resource(services: Services, service: Service, otel_service_name: Option<String>) -> Resource {
+    let detected = Resource::builder().build();
+    let detected_name = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .map(|value| value.to_string())
+        .filter(|name| !name.starts_with("unknown_service"));
+    let name = match (services.0.len(), otel_service_name.or(detected_name)) {
+        (1, Some(name)) => name,
+        (1, None) => format!("nws-{}", service.name),
+        (_, Some(prefix)) => format!("{prefix}-{}", service.name),
+        (_, None) => format!("nws-{}", service.name),
+    };
+    Resource::builder()
+        .with_service_name(name)
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
+}
