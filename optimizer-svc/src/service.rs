@@ -78,6 +78,10 @@ impl OptimizerService {
         let queue = config.queue_length();
         tracing::info!(workers, queue, "optimizer worker pool");
         metrics::gauge!("nws_optimizer_workers", "service" => OPTIMIZER.name).set(workers as f64);
+        // Counters exist from the start, so a rate over them starts at zero.
+        for reason in ["busy", "no_idle_worker"] {
+            refused(reason).absolute(0);
+        }
         metrics::gauge!("nws_optimizer_call_capacity", "service" => OPTIMIZER.name)
             .set((workers + queue) as f64);
         Self {
@@ -159,7 +163,7 @@ impl OptimizerService {
         };
         if before >= self.capacity {
             admission.finished = true;
-            refused("busy");
+            refused("busy").increment(1);
             return Err(OptimizeError::Busy { admitted: before });
         }
         admitted_gauge().set((before + 1) as f64);
@@ -169,7 +173,7 @@ impl OptimizerService {
                 Ok(worker) => admission.worker = Some(worker),
                 Err(_) => {
                     admission.finished = true;
-                    refused("no_idle_worker");
+                    refused("no_idle_worker").increment(1);
                     return Err(OptimizeError::NoIdleWorker);
                 }
             }
@@ -259,10 +263,9 @@ fn admitted_gauge() -> metrics::Gauge {
     metrics::gauge!("nws_optimizer_admitted_calls", "service" => OPTIMIZER.name)
 }
 
-/// Counts a call refused at admission, by why.
-fn refused(reason: &'static str) {
+/// The count of calls refused at admission, by why.
+fn refused(reason: &'static str) -> metrics::Counter {
     metrics::counter!("nws_optimizer_refused_calls_total", "service" => OPTIMIZER.name, "reason" => reason)
-        .increment(1);
 }
 
 /// A gauge raised while this lives.

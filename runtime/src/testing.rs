@@ -890,6 +890,14 @@ json.dump(samples, sys.stdout)
         values
     }
 
+    /// Whether a series is named `name`, or belongs to the family `name`
+    /// (a histogram's `_bucket`, `_sum` and `_count`).
+    pub fn has(&self, name: &str) -> bool {
+        self.samples
+            .iter()
+            .any(|sample| sample["family"] == name || sample["name"] == name)
+    }
+
     /// The type Prometheus gives the family `family` (`counter`, `histogram`…).
     pub fn family_type(&self, family: &str) -> Option<String> {
         self.samples

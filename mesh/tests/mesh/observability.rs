@@ -17,6 +17,9 @@ async fn each_embedded_service_reports_its_spans_under_its_own_name() {
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "watermarks"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
+        // What is logged does not decide what is traced: the services'
+        // own spans (cache lookups, stages, storage) are all expected.
+        ("RUST_LOG", "warn,nws_runtime=info"),
     ]);
     let response = mesh
         .http
@@ -139,4 +142,154 @@ async fn one_admin_listener_serves_the_three_services_metrics() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn the_dashboard_charts_only_series_the_services_expose() {
+    let dashboard: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/nws-watermark.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    let mut names: Vec<String> = exprs
+        .iter()
+        .flat_map(|expr| {
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| {
+                    ["nws_", "http_server_", "rpc_server_", "rpc_client_"]
+                        .iter()
+                        .any(|p| word.starts_with(p))
+                })
+                .map(|word| {
+                    ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .unwrap_or(word)
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+
+    // Everything the dashboard reads exists once the mesh has served one
+    // upload with Redis and a collector configured.
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let redis = std::env::var("NWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("nws-dashboard-test:{}:", std::process::id());
+    let mesh = Mesh::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("NWS_REDIS_URL", redis.as_str()),
+        ("NWS_REDIS_PREFIX", prefix.as_str()),
+    ]);
+    let response = mesh.post("/v1/watermark?format=jpeg", test_image(KLEIBER)).await;
+    assert_eq!(response.status(), 200);
+    let admin = format!("{}/metrics", mesh.process.url("admin"));
+    let metrics = eventually("the render's call and a span export counted", async || {
+        let metrics = Scrape::fetch(&admin).await;
+        let rendered = metrics.sum(
+            "rpc_server_call_duration_seconds_count",
+            &[("service", "optimizer"), ("rpc_method", "Render")],
+        );
+        let exported = metrics.sum("nws_trace_spans_total", &[("outcome", "exported")]);
+        (rendered > 0.0 && exported > 0.0).then_some(metrics)
+    })
+    .await;
+    let missing: Vec<&String> = names.iter().filter(|name| !metrics.has(name)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard charts series nobody exposes: {missing:?}"
+    );
+}
+
+/// Every `expr` of the dashboard's queries.
+fn collect_exprs(value: &serde_json::Value, exprs: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => exprs.push(expr.clone()),
+                    _ => collect_exprs(value, exprs),
+                }
+            }
+        }
+        serde_json::Value::Array(values) => values.iter().for_each(|value| collect_exprs(value, exprs)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_profiles_the_cpu_and_the_public_port_does_not() {
+    use pprof::protos::Message as _;
+    let mesh = Mesh::start();
+    let admin = mesh.process.url("admin");
+    let photo = test_image(KLEIBER);
+    // Work to sample while the profile runs.
+    let work = async {
+        for round in 0..3 {
+            let response = mesh
+                .post(
+                    &format!("/v1/watermark?format=jpeg&wm_text=profiled%20{round}"),
+                    photo.clone(),
+                )
+                .await;
+            assert_eq!(response.status(), 200);
+        }
+    };
+    let (profile, ()) = tokio::join!(
+        reqwest::get(format!("{admin}/debug/pprof/profile?seconds=2")),
+        work
+    );
+    let profile = profile.unwrap();
+    assert_eq!(profile.status(), 200);
+    assert_eq!(profile.headers()["content-type"], "application/octet-stream");
+    let profile =
+        pprof::protos::Profile::parse_from_bytes(&profile.bytes().await.unwrap()).expect("pprof's protobuf");
+    assert!(!profile.sample.is_empty(), "samples were taken");
+    assert!(
+        profile
+            .string_table
+            .iter()
+            .any(|name| name.contains("optimizer_svc")),
+        "the pipeline's functions are named"
+    );
+
+    // One at a time: a second profile while a flamegraph is drawn is refused.
+    let flamegraph = tokio::spawn(reqwest::get(format!("{admin}/debug/pprof/flamegraph?seconds=2")));
+    let response = mesh
+        .post("/v1/watermark?format=jpeg&wm_text=flamegraph", photo.clone())
+        .await;
+    assert_eq!(response.status(), 200);
+    let refused = eventually("the second profile refused", async || {
+        let response = reqwest::get(format!("{admin}/debug/pprof/profile?seconds=1"))
+            .await
+            .ok()?;
+        (response.status() == 409).then_some(response)
+    })
+    .await;
+    let refusal: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(refusal["code"], "ABORTED");
+    let flamegraph = flamegraph.await.unwrap().unwrap();
+    assert_eq!(flamegraph.status(), 200);
+    assert_eq!(flamegraph.headers()["content-type"], "image/svg+xml");
+    let svg = flamegraph.text().await.unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("optimizer_svc"),
+        "{svg:.200}"
+    );
+
+    let bad = reqwest::get(format!("{admin}/debug/pprof/profile?seconds=600"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    // Never on the public port.
+    assert_eq!(mesh.get("/debug/pprof/profile?seconds=1").await.status(), 404);
 }

@@ -54,6 +54,15 @@ impl Exporting {
                 Ok((*service, exporter))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        for outcome in [
+            "exported",
+            "dropped_queue_full",
+            "dropped_export_failed",
+            "dropped_shutdown",
+        ] {
+            // Counters exist from the start, so a rate over them starts at zero.
+            spans_counter(outcome).absolute(0);
+        }
         let (spans, queue) = mpsc::channel(QUEUE_LENGTH);
         let closing = CancellationToken::new();
         let finished = tokio::spawn(send_batches(queue, Arc::new(exporters), closing.clone()));

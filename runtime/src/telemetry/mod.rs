@@ -22,7 +22,7 @@ use std::time::Duration;
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{
-    EnvFilter, Layer as _, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    EnvFilter, Layer as _, filter::LevelFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
 use crate::config::LogFormat;
@@ -67,6 +67,8 @@ pub struct Telemetry {
 /// harmless: the first set-up stays.
 pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> {
     let env = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    // First, so that everything set up below can count.
+    metrics::install();
 
     let (propagator, unknown) = propagation::from_env(env("OTEL_PROPAGATORS").as_deref());
     opentelemetry::global::set_text_map_propagator(propagator);
@@ -99,6 +101,8 @@ pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> 
         // services' spans apart.
         .with_target(true);
 
+    // RUST_LOG chooses what is logged, not what is traced: spans (all at
+    // `info`) and their events are traced whatever the log level.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let log_lines = match format {
         LogFormat::Text => fmt::layer().with_target(true).boxed(),
@@ -109,13 +113,11 @@ pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> 
             .boxed(),
     };
     let subscriber = tracing_subscriber::registry()
-        .with(traces)
-        .with(log_lines)
-        .with(filter);
+        .with(traces.with_filter(LevelFilter::INFO))
+        .with(log_lines.with_filter(filter));
     let dispatch = tracing::Dispatch::new(subscriber);
     if dispatch.clone().try_init().is_ok() {
         logs::remember(&dispatch);
-        metrics::install();
         metrics::build_info(services.0[0].name);
     }
 

@@ -1,6 +1,9 @@
-//! The admin listener: Prometheus `/metrics` and `/healthz` on a port of
-//! their own (`NWS_ADMIN_ADDR`, loopback by default), so that what only
-//! operators should reach never shares the public port.
+//! The admin listener: Prometheus `/metrics`, `/healthz` and CPU profiles
+//! ([`profile`]) on a port of their own (`NWS_ADMIN_ADDR`, loopback by
+//! default), so that what only operators should reach never shares the
+//! public port.
+
+mod profile;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -47,8 +50,13 @@ impl AdminServer {
 }
 
 fn router() -> Router {
-    Router::new().route("/metrics", get(metrics::handler)).route(
-        "/healthz",
-        get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-    )
+    Router::new()
+        .route("/metrics", get(metrics::handler))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/debug/pprof/profile", get(profile::pprof))
+        .route("/debug/pprof/flamegraph", get(profile::flamegraph))
+        .with_state(profile::Profiler::new())
 }
