@@ -25,8 +25,9 @@ RUNS = iter(range(1 << 30))
 
 
 def upload(gateway: str, body: bytes) -> None:
-    # A text of its own per upload: every run computes, none hits the cache.
-    url = f"{gateway}/v1/watermark?wm_text=NWS%20{next(RUNS)}"
+    # A text of its own per upload (and per run of this script): every
+    # upload computes, none hits the cache.
+    url = f"{gateway}/v1/watermark?wm_text=NWS%20{os.getpid()}%20{next(RUNS)}"
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/octet-stream"})
     with urllib.request.urlopen(request) as response:

@@ -538,6 +538,7 @@ pub struct ReceivedSpan {
     pub kind: i32,
     /// OTLP's status code: 0 unset, 1 ok, 2 error.
     pub status_code: i32,
+    pub status_message: String,
     /// Attribute values as text.
     pub attributes: HashMap<String, String>,
 }
@@ -594,7 +595,8 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
                         span_id: hex::encode(&span.span_id),
                         parent_span_id: hex::encode(&span.parent_span_id),
                         kind: span.kind,
-                        status_code: span.status.map_or(0, |status| status.code),
+                        status_code: span.status.as_ref().map_or(0, |status| status.code),
+                        status_message: span.status.map(|status| status.message).unwrap_or_default(),
                         attributes: attributes(&span.attributes),
                     });
                 }
@@ -818,8 +820,8 @@ pub fn assert_upload_tree(spans: &[ReceivedSpan], caller_span_id: &str, services
             )
         })
         .collect();
-    assert!(lookups.contains(&("memory", "miss")), "{lookups:?}");
     assert!(lookups.contains(&("storage", "miss")), "{lookups:?}");
+    assert_eq!(http.attribute("nws.cache.source"), Some("MISS"));
 }
 
 /// A `/metrics` page as Prometheus reads it: parsed by the official Python

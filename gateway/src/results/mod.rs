@@ -35,7 +35,7 @@ use nws_watermark::{
 };
 use tokio::sync::Semaphore;
 use tonic::Code;
-use tracing::{Instrument as _, field::Empty};
+use tracing::{Instrument as _, Span, field::Empty};
 
 pub use self::redis::RedisTier;
 use crate::{
@@ -428,7 +428,15 @@ impl Tier {
         outcome: impl FnOnce(&T) -> Outcome,
     ) -> T {
         let (name, description, label) = self.names();
-        let span = tracing::info_span!("cache.lookup", nws.cache.tier = label, nws.cache.outcome = Empty);
+        // A memory lookup takes a microsecond: a span of its own would cost
+        // more than it, on the path that must be fastest. The request's
+        // span says where its answer came from (`nws.cache.source`).
+        let span = match self {
+            Tier::Memory => Span::none(),
+            Tier::Redis | Tier::Store => {
+                tracing::info_span!("cache.lookup", nws.cache.tier = label, nws.cache.outcome = Empty)
+            }
+        };
         let started = Instant::now();
         let found = lookup.instrument(span.clone()).await;
         let took = started.elapsed();
@@ -451,6 +459,7 @@ impl Tier {
 impl Found {
     /// A lookup's answer, counted by where it came from (`X-Cache`).
     fn counted(image: Arc<CachedImage>, source: Source, header: Option<OptimizeHeader>) -> Self {
+        nws_runtime::telemetry::set_attribute(&Span::current(), "nws.cache.source", source.header_value());
         metrics::counter!(
             "nws_results_total",
             "service" => GATEWAY.name,

@@ -92,6 +92,37 @@ async fn a_request_without_trace_context_starts_a_trace_and_sampling_follows_the
         })
         .await;
     assert!(!receiver.spans().iter().any(|s| s.trace_id == unsampled));
+
+    // A failed call is recorded as an error, with its status.
+    let failing = "7e8f7bd2a7c24e0d9a6b3c1d2e3f4a5b";
+    let response = mesh
+        .http
+        .get(mesh.url(&format!("/v1/images/{}", "0".repeat(64))))
+        .header("traceparent", format!("00-{failing}-{CALLER_SPAN_ID}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let get = receiver
+        .until("the gateway's failed Storage/Get", |spans| {
+            spans
+                .iter()
+                .find(|s| s.trace_id == failing && s.kind == 3 && s.name == "watermark.v1.Storage/Get")
+                .cloned()
+        })
+        .await;
+    assert_eq!(get.status_code, 2, "{get:?}");
+    assert!(get.status_message.starts_with("NOT_FOUND: "), "{get:?}");
+    assert_eq!(get.attribute("rpc.grpc.status_code"), Some("5"));
+    let lookup = receiver
+        .until("the storage tier's lookup", |spans| {
+            spans
+                .iter()
+                .find(|s| s.trace_id == failing && s.name == "cache.lookup")
+                .cloned()
+        })
+        .await;
+    assert_eq!(lookup.attribute("nws.cache.outcome"), Some("miss"));
 }
 
 #[tokio::test]

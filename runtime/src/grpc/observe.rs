@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
 use http_body::Frame;
-use tonic::Code;
+use tonic::{Code, Status};
 use tracing::{Instrument as _, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -61,6 +61,7 @@ impl Call {
                 otel.name = name,
                 otel.kind = "server",
                 otel.status_code = Empty,
+                otel.status_description = Empty,
                 rpc.system = "grpc",
                 rpc.service = rpc_service,
                 rpc.method = rpc_method,
@@ -72,6 +73,7 @@ impl Call {
                 otel.name = name,
                 otel.kind = "client",
                 otel.status_code = Empty,
+                otel.status_description = Empty,
                 rpc.system = "grpc",
                 rpc.service = rpc_service,
                 rpc.method = rpc_method,
@@ -91,7 +93,10 @@ impl Call {
         }
     }
 
-    fn finish(self, code: Code) {
+    /// Ends the call with the status the peer sent (or the one its end
+    /// implies).
+    fn finish(self, status: Status) {
+        let code = status.code();
         let elapsed = self.started.elapsed();
         self.span.record("rpc.grpc.status_code", code as i64);
         let failed = match self.side {
@@ -105,6 +110,10 @@ impl Call {
         };
         if failed {
             self.span.record("otel.status_code", "ERROR");
+            self.span.record(
+                "otel.status_description",
+                format!("{}: {}", code_name(code), status.message()),
+            );
         }
         // A method nobody serves is not a label value: callers choose it.
         let (rpc_service, rpc_method) = if code == Code::Unimplemented {
@@ -140,14 +149,24 @@ impl Call {
 fn is_server_error(code: Code) -> bool {
     matches!(
         code,
-        Code::Unknown | Code::Internal | Code::DataLoss | Code::Unavailable | Code::DeadlineExceeded
+        Code::Unknown
+            | Code::Internal
+            | Code::DataLoss
+            | Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
     )
 }
 
-fn status_in(headers: &HeaderMap) -> Option<Code> {
-    headers
-        .get("grpc-status")
-        .map(|value| Code::from_bytes(value.as_bytes()))
+/// The status in response headers (a call that failed at once) or
+/// trailers, message decoded.
+fn status_in(headers: &HeaderMap) -> Option<Status> {
+    Status::from_header_map(headers)
+}
+
+/// A status whose end the peer did not say: a code and why.
+fn ended(code: Code, why: &'static str) -> Status {
+    Status::new(code, why)
 }
 
 pin_project_lite::pin_project! {
@@ -161,7 +180,7 @@ pin_project_lite::pin_project! {
     impl<B> PinnedDrop for Observed<B> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
+                call.finish(ended(Code::Cancelled, "the response was dropped before its end"));
             }
         }
     }
@@ -185,18 +204,20 @@ where
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(call) = this.call.take()
                 {
-                    call.finish(status_in(trailers).unwrap_or(Code::Unknown));
+                    call.finish(
+                        status_in(trailers)
+                            .unwrap_or_else(|| ended(Code::Unknown, "trailers without grpc-status")),
+                    );
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(call) = this.call.take() {
-                    call.finish(Code::Unavailable);
+                    call.finish(ended(Code::Unavailable, "the response stream broke"));
                 }
             }
             Poll::Ready(None) => {
                 if let Some(call) = this.call.take() {
-                    // Ended without trailers: no status was sent.
-                    call.finish(Code::Unknown);
+                    call.finish(ended(Code::Unknown, "the response ended without a status"));
                 }
             }
             Poll::Pending => {}
@@ -216,8 +237,8 @@ where
 /// Wraps a response: finished at once when its headers carry the status.
 fn observe<B>(call: Call, response: http::Response<B>) -> http::Response<Observed<B>> {
     let call = match status_in(response.headers()) {
-        Some(code) => {
-            call.finish(code);
+        Some(status) => {
+            call.finish(status);
             None
         }
         None => Some(call),
@@ -291,7 +312,7 @@ where
             match response.await {
                 Ok(response) => Ok(observe(call, response)),
                 Err(error) => {
-                    call.finish(Code::Unavailable);
+                    call.finish(ended(Code::Unavailable, "the call failed before a response"));
                     Err(error)
                 }
             }
@@ -315,9 +336,14 @@ mod tests {
     #[test]
     fn statuses_are_read_from_headers_or_trailers() {
         let mut headers = HeaderMap::new();
-        assert_eq!(status_in(&headers), None);
+        assert!(status_in(&headers).is_none());
         headers.insert("grpc-status", "5".parse().unwrap());
-        assert_eq!(status_in(&headers), Some(Code::NotFound));
+        headers.insert("grpc-message", "no%20such%20object".parse().unwrap());
+        let status = status_in(&headers).unwrap();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::NotFound, "no such object")
+        );
         assert!(is_server_error(Code::Internal));
         assert!(!is_server_error(Code::InvalidArgument));
     }

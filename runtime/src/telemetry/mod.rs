@@ -97,9 +97,16 @@ pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> 
         .with_location(false)
         .with_threads(false)
         .with_level(false)
+        // Per-span busy/idle times would cost a clock read on every poll
+        // of every instrumented future; the span's own duration is enough.
+        .with_tracked_inactivity(false)
+        // Nothing here reads OpenTelemetry's thread-local current context
+        // (propagation asks the span itself), so entering a span, which
+        // happens on every poll, need not set it.
+        .with_context_activation(false)
         // The span's module path: how the all-in-one run tells its
-        // services' spans apart.
-        .with_target(true);
+        // services' spans apart; one service alone needs none.
+        .with_target(services.0.len() > 1);
 
     // RUST_LOG chooses what is logged, not what is traced: spans (all at
     // `info`) and their events are traced whatever the log level.
@@ -140,6 +147,13 @@ impl Telemetry {
         }
         let _ = self.provider.shutdown();
     }
+}
+
+/// Adds an attribute to `span`'s OpenTelemetry span that its `tracing`
+/// fields did not declare (e.g. set by code the span's maker does not know).
+pub fn set_attribute(span: &tracing::Span, key: &'static str, value: &'static str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    span.set_attribute(key, value);
 }
 
 /// The resource a service's spans are reported under. One service alone
