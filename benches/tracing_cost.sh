@@ -82,8 +82,8 @@ SPANS="$(spans_received)"
 # The receiver shares the two cores: what it spent is part of the cost seen.
 SINK_CPU="$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$SINK_PID/stat")"
 METRICS="$(curl -sS "$(grep -o '"service":"admin","addr":"[^"]*"' "$WORK/on.log" | sed 's/.*"addr":"/http:\/\//; s/"$//')/metrics")"
-EXPORTED="$(echo "$METRICS" | awk '/^nws_trace_spans_total\{outcome="exported"\}/ { print $2 }')"
-DROPPED="$(echo "$METRICS" | awk '/^nws_trace_spans_total\{outcome="dropped/ { s += $2 } END { print s + 0 }')"
+EXPORTED="$(echo "$METRICS" | awk '/^nws_trace_spans_total\{.*outcome="exported"/ { print $2 }')"
+DROPPED="$(echo "$METRICS" | awk '/^nws_trace_spans_total\{.*outcome="dropped/ { s += $2 } END { print s + 0 }')"
 
 python3 - "$WORK/rounds.txt" "$DURATION" "$IMAGES" "$SPANS" "${EXPORTED:-0}" "$DROPPED" "$SINK_CPU" <<'PY'
 import statistics, sys

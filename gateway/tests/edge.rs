@@ -283,13 +283,9 @@ async fn a_collector_that_is_down_or_silent_changes_no_answer() {
         // The spans that could not leave are counted, not waited for.
         let metrics_url = format!("{}/metrics", mesh.gateway.url("gateway"));
         eventually("the failed exports counted", async || {
-            let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
-            text.lines()
-                .any(|line| {
-                    line.starts_with("nws_trace_spans_total{outcome=\"dropped_export_failed\"}")
-                        && !line.ends_with(" 0")
-                })
-                .then_some(())
+            let metrics = Scrape::fetch(&metrics_url).await;
+            let failed = [("service", "gateway"), ("outcome", "dropped_export_failed")];
+            (metrics.sum("nws_trace_spans_total", &failed) > 0.0).then_some(())
         })
         .await;
     }

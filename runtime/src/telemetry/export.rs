@@ -33,6 +33,8 @@ pub(crate) const SERVICE_ATTRIBUTE: &str = "nws.service";
 
 pub(crate) struct Exporting {
     spans: mpsc::Sender<SpanData>,
+    /// The `service` label of the spans' counts: the process's first service.
+    process: &'static str,
     closing: CancellationToken,
     finished: tokio::task::JoinHandle<()>,
 }
@@ -61,13 +63,14 @@ impl Exporting {
             "dropped_shutdown",
         ] {
             // Counters exist from the start, so a rate over them starts at zero.
-            spans_counter(outcome).absolute(0);
+            spans_counter(services.0[0].name, outcome).absolute(0);
         }
         let (spans, queue) = mpsc::channel(QUEUE_LENGTH);
         let closing = CancellationToken::new();
         let finished = tokio::spawn(send_batches(queue, Arc::new(exporters), closing.clone()));
         Ok(Self {
             spans,
+            process: services.0[0].name,
             closing,
             finished,
         })
@@ -76,6 +79,7 @@ impl Exporting {
     pub(crate) fn processor(&self) -> Queue {
         Queue {
             spans: self.spans.clone(),
+            process: self.process,
         }
     }
 
@@ -101,6 +105,7 @@ fn export_timeout() -> Duration {
 /// The span processor: hands finished, sampled spans to the sending task.
 pub(crate) struct Queue {
     spans: mpsc::Sender<SpanData>,
+    process: &'static str,
 }
 
 impl fmt::Debug for Queue {
@@ -118,8 +123,8 @@ impl SpanProcessor for Queue {
         }
         match self.spans.try_send(span) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => spans_counter("dropped_queue_full").increment(1),
-            Err(TrySendError::Closed(_)) => spans_counter("dropped_shutdown").increment(1),
+            Err(TrySendError::Full(_)) => spans_counter(self.process, "dropped_queue_full").increment(1),
+            Err(TrySendError::Closed(_)) => spans_counter(self.process, "dropped_shutdown").increment(1),
         }
     }
 
@@ -133,8 +138,8 @@ impl SpanProcessor for Queue {
     }
 }
 
-fn spans_counter(outcome: &'static str) -> metrics::Counter {
-    metrics::counter!("nws_trace_spans_total", "outcome" => outcome)
+fn spans_counter(process: &'static str, outcome: &'static str) -> metrics::Counter {
+    metrics::counter!("nws_trace_spans_total", "service" => process, "outcome" => outcome)
 }
 
 async fn send_batches(
@@ -179,6 +184,7 @@ async fn send_batches(
 /// Sends a batch, split by service. Failures are counted and logged at
 /// debug level: a missing collector must not fill the logs.
 async fn send(exporters: &[(Service, SpanExporter)], batch: Vec<SpanData>) {
+    let process = exporters[0].0.name;
     let mut groups: Vec<Vec<SpanData>> = exporters.iter().map(|_| Vec::new()).collect();
     if exporters.len() == 1 {
         groups[0] = batch;
@@ -194,9 +200,9 @@ async fn send(exporters: &[(Service, SpanExporter)], batch: Vec<SpanData>) {
         }
         let count = group.len() as u64;
         match exporter.export(group).await {
-            Ok(()) => spans_counter("exported").increment(count),
+            Ok(()) => spans_counter(process, "exported").increment(count),
             Err(error) => {
-                spans_counter("dropped_export_failed").increment(count);
+                spans_counter(process, "dropped_export_failed").increment(count);
                 tracing::debug!(service = service.name, %error, spans = count, "spans not exported");
             }
         }

@@ -127,7 +127,63 @@ impl Injector for HeadersMut<'_> {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
     use super::*;
+
+    /// What a server does with a request's headers, and a client of it with
+    /// its call's: the trace continues, baggage and tracestate travel on.
+    #[test]
+    fn context_continues_from_incoming_headers_to_outgoing_ones() {
+        let (propagator, _) = from_env(None);
+        opentelemetry::global::set_text_map_propagator(propagator);
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let mut incoming = HeaderMap::new();
+            incoming.insert(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                    .parse()
+                    .unwrap(),
+            );
+            incoming.insert("tracestate", "vendor=opaque".parse().unwrap());
+            incoming.insert("baggage", "tenant=acme,plan=pro".parse().unwrap());
+            let server = tracing::info_span!("server");
+            continue_trace(&server, &incoming);
+            let (trace_id, server_id) = ids(&server).unwrap();
+            assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_ne!(server_id, "00f067aa0ba902b7", "a span of its own");
+
+            let client = server.in_scope(|| tracing::info_span!("client"));
+            let mut outgoing = HeaderMap::new();
+            inject_headers(&client.context(), &mut outgoing);
+            let (_, client_id) = ids(&client).unwrap();
+            assert_eq!(
+                outgoing["traceparent"],
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{client_id}-01")
+            );
+            assert_eq!(outgoing["tracestate"], "vendor=opaque");
+            let mut baggage: Vec<&str> = outgoing["baggage"].to_str().unwrap().split(',').collect();
+            baggage.sort_unstable();
+            assert_eq!(baggage, ["plan=pro", "tenant=acme"]);
+
+            // The response names the server's span.
+            assert_eq!(
+                traceparent(&server).unwrap(),
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{server_id}-01")
+            );
+            // Without context, a trace starts; nothing else is made up.
+            let root = tracing::info_span!("root");
+            continue_trace(&root, &HeaderMap::new());
+            let mut headers = HeaderMap::new();
+            inject_headers(&root.context(), &mut headers);
+            assert!(headers.contains_key("traceparent"));
+            assert!(!headers.contains_key("baggage"));
+        });
+    }
 
     #[test]
     fn otel_propagators_are_read_as_the_specification_says() {
