@@ -160,6 +160,10 @@ async fn one_admin_listener_serves_the_three_services_metrics() {
         metrics.sum("nws_optimizer_output_bytes_count", &[("format", "image/webp")]),
         1.0
     );
+    assert_eq!(
+        metrics.label_values("nws_build_info", "service"),
+        ["gateway", "optimizer", "storage"]
+    );
     // No spans are exported without a collector, and none are counted.
     assert_eq!(metrics.sum("nws_trace_spans_total", &[]), 0.0);
     // The gateway's public /metrics is the same registry.

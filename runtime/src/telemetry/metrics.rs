@@ -58,11 +58,11 @@ pub(super) fn install() {
     });
 }
 
-/// `nws_build_info`: 1, labelled with what this binary is.
-pub(super) fn build_info(process: &'static str) {
+/// `nws_build_info`: 1, labelled with the service and what built it.
+pub(super) fn build_info(service: &'static str) {
     metrics::gauge!(
         "nws_build_info",
-        "service" => process,
+        "service" => service,
         "version" => env!("CARGO_PKG_VERSION"),
         "pipeline_version" => nws_watermark::options::PIPELINE_VERSION,
     )

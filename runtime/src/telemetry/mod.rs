@@ -125,7 +125,9 @@ pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> 
     let dispatch = tracing::Dispatch::new(subscriber);
     if dispatch.clone().try_init().is_ok() {
         logs::remember(&dispatch);
-        metrics::build_info(services.0[0].name);
+        for service in services.0 {
+            metrics::build_info(service.name);
+        }
     }
 
     for name in unknown {
