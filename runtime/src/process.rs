@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::AdminServer,
-    config::{CommonConfig, exit_code},
+    config::{CommonConfig, EX_USAGE, exit_code},
     telemetry::{self, Services},
 };
 
@@ -30,7 +30,11 @@ where
 {
     let telemetry = match telemetry::init(services, common.log_format) {
         Ok(telemetry) => telemetry,
-        Err(error) => return exit_code(Err(error.context("telemetry"))),
+        // A bad OTEL_* value is a configuration error, like a bad NWS_* one.
+        Err(error) => {
+            eprintln!("error: telemetry: {error:#}");
+            return ExitCode::from(EX_USAGE as u8);
+        }
     };
     let run = async {
         let admin = match common.admin_addr_or(admin_default) {

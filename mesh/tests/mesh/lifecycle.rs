@@ -17,6 +17,8 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("optimizer-svc", "NWS_MAX_PIXELS", "-5"),
         ("optimizer-svc", "NWS_STORAGE_URL", "storage:50052"),
         ("storage-svc", "NWS_STORAGE_ADDR", "127.0.0.1:99999"),
+        ("storage-svc", "NWS_ADMIN_ADDR", "nowhere"),
+        ("optimizer-svc", "OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
     ];
     for (program, setting, value) in cases {
         let (status, stderr) = run_to_exit(&workspace_binary(program), &[(setting, value)]);

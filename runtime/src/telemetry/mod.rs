@@ -133,6 +133,14 @@ pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> 
     for name in unknown {
         tracing::warn!(propagator = %name, "OTEL_PROPAGATORS names a format this build does not speak; ignored");
     }
+    if let Some(problem) = sampler_problem(
+        env("OTEL_TRACES_SAMPLER").as_deref(),
+        env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+    ) {
+        // The SDK falls back to its default, as the specification says;
+        // say so, since nothing else would.
+        tracing::warn!("{problem}; sampling with parentbased_always_on");
+    }
     match &exporting {
         Some(_) => tracing::info!("traces: exported over OTLP/gRPC (OTEL_EXPORTER_OTLP_*)"),
         None => tracing::debug!("traces: propagated, not exported (no OTEL_EXPORTER_OTLP_ENDPOINT)"),
@@ -148,6 +156,24 @@ impl Telemetry {
             exporting.finish(timeout).await;
         }
         let _ = self.provider.shutdown();
+    }
+}
+
+/// Why `OTEL_TRACES_SAMPLER`/`_ARG` will not be followed, if they won't.
+fn sampler_problem(sampler: Option<&str>, arg: Option<&str>) -> Option<String> {
+    let ratio = |arg: Option<&str>| {
+        arg.and_then(|a| a.trim().parse::<f64>().ok())
+            .filter(|r| (0.0..=1.0).contains(r))
+    };
+    match sampler? {
+        "always_on" | "always_off" | "parentbased_always_on" | "parentbased_always_off" => None,
+        "traceidratio" | "parentbased_traceidratio" if ratio(arg).is_some() => None,
+        name @ ("traceidratio" | "parentbased_traceidratio") => Some(format!(
+            "OTEL_TRACES_SAMPLER={name} needs OTEL_TRACES_SAMPLER_ARG, a ratio from 0 to 1 (got {arg:?}); the SDK samples every trace instead"
+        )),
+        other => Some(format!(
+            "OTEL_TRACES_SAMPLER={other:?} is not a sampler this build knows"
+        )),
     }
 }
 
@@ -179,4 +205,24 @@ fn resource(services: Services, service: Service, otel_service_name: Option<Stri
         .with_service_name(name)
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samplers_this_build_does_not_follow_are_named() {
+        assert_eq!(sampler_problem(None, None), None);
+        assert_eq!(sampler_problem(Some("parentbased_always_on"), None), None);
+        assert_eq!(
+            sampler_problem(Some("parentbased_traceidratio"), Some("0.25")),
+            None
+        );
+        let missing = sampler_problem(Some("traceidratio"), None).unwrap();
+        assert!(missing.contains("OTEL_TRACES_SAMPLER_ARG"), "{missing}");
+        assert!(sampler_problem(Some("traceidratio"), Some("2")).is_some());
+        let unknown = sampler_problem(Some("jaeger_remote"), None).unwrap();
+        assert!(unknown.contains("jaeger_remote"), "{unknown}");
+    }
 }
