@@ -361,6 +361,14 @@ async fn each_service_counts_known_traffic_in_prometheus_text() {
         Some("histogram")
     );
     assert_eq!(edge.sum("nws_build_info", &[gw]), 1.0);
+    for described in [
+        "http_server_request_duration_seconds",
+        "nws_results_total",
+        "nws_cache_lookups_total",
+        "rpc_client_call_duration_seconds",
+    ] {
+        assert!(edge.help(described).is_some(), "{described} has no # HELP");
+    }
 
     let served = "rpc_server_call_duration_seconds_count";
     let op = ("service", "optimizer");
@@ -392,6 +400,8 @@ async fn each_service_counts_known_traffic_in_prometheus_text() {
     assert_eq!(optimizer.sum("nws_optimizer_refused_calls_total", &[]), 0.0);
     assert_eq!(optimizer.sum("nws_optimizer_busy_workers", &[op]), 0.0);
     assert_eq!(optimizer.sum("nws_build_info", &[op]), 1.0);
+    assert!(optimizer.help("nws_optimizer_stage_duration_seconds").is_some());
+    assert!(optimizer.help("nws_optimizer_refused_calls_total").is_some());
 
     let storage = Scrape::fetch(&format!("{}/metrics", mesh.storage.url("admin"))).await;
     let st = ("service", "storage");
@@ -400,6 +410,8 @@ async fn each_service_counts_known_traffic_in_prometheus_text() {
         storage.sum(served, &[st, ("rpc_method", "Put"), ("code", "OK")]),
         3.0
     );
+    let backend = "nws_storage_backend_operation_duration_seconds";
+    assert!(storage.help(backend).is_some());
     // The first upload's and the unknown key's results, looked up in vain;
     // the original, read by the optimizer.
     let backend = "nws_storage_backend_operation_duration_seconds_count";

@@ -77,6 +77,7 @@ impl OptimizerService {
         let workers = config.worker_count();
         let queue = config.queue_length();
         tracing::info!(workers, queue, "optimizer worker pool");
+        describe_metrics();
         metrics::gauge!("nws_optimizer_workers", "service" => OPTIMIZER.name).set(workers as f64);
         // Counters exist from the start, so a rate over them starts at zero.
         for reason in ["busy", "no_idle_worker"] {
@@ -256,6 +257,39 @@ async fn off_the_runtime<T: Send + 'static>(
             nws_runtime::panic::join_error_message(join_error)
         ))),
     }
+}
+
+/// `# HELP` for the optimizer's series.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "nws_optimizer_stage_duration_seconds",
+        Unit::Seconds,
+        "Time in each pipeline stage"
+    );
+    describe_histogram!("nws_optimizer_input_bytes", Unit::Bytes, "Images read, by format");
+    describe_histogram!(
+        "nws_optimizer_output_bytes",
+        Unit::Bytes,
+        "Images made, by format"
+    );
+    describe_histogram!(
+        "nws_optimizer_queue_wait_seconds",
+        Unit::Seconds,
+        "Time an admitted call waited for a worker"
+    );
+    describe_gauge!("nws_optimizer_workers", "Images processed at once, at most");
+    describe_gauge!("nws_optimizer_busy_workers", "Workers running a pipeline");
+    describe_gauge!("nws_optimizer_waiting_calls", "Calls waiting for a worker");
+    describe_gauge!(
+        "nws_optimizer_admitted_calls",
+        "Calls uploading, waiting or running"
+    );
+    describe_gauge!("nws_optimizer_call_capacity", "Calls admitted at once, at most");
+    describe_counter!(
+        "nws_optimizer_refused_calls_total",
+        "Calls refused at admission, by reason"
+    );
 }
 
 /// Calls admitted: uploading, waiting for a worker or running.

@@ -846,8 +846,8 @@ from prometheus_client.parser import text_string_to_metric_families
 samples = []
 for family in text_string_to_metric_families(sys.stdin.read()):
     for sample in family.samples:
-        samples.append({"family": family.name, "type": family.type, "name": sample.name,
-                        "labels": sample.labels, "value": sample.value})
+        samples.append({"family": family.name, "type": family.type, "help": family.documentation,
+                        "name": sample.name, "labels": sample.labels, "value": sample.value})
 json.dump(samples, sys.stdout)
 "#;
         let mut child = Command::new(tool("NWS_TEST_PYTHON"))
@@ -898,6 +898,17 @@ json.dump(samples, sys.stdout)
         self.samples
             .iter()
             .any(|sample| sample["family"] == name || sample["name"] == name)
+    }
+
+    /// The `# HELP` text of the series `name` (a family, or a counter's
+    /// `_total` name).
+    pub fn help(&self, name: &str) -> Option<String> {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        self.samples
+            .iter()
+            .find(|sample| sample["family"] == family)
+            .and_then(|sample| sample["help"].as_str().map(str::to_owned))
+            .filter(|help| !help.is_empty())
     }
 
     /// The type Prometheus gives the family `family` (`counter`, `histogram`…).

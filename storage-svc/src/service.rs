@@ -75,6 +75,11 @@ impl<B: Backend> StorageService<B> {
         max_object_bytes: u64,
         timeout: Duration,
     ) -> Self {
+        metrics::describe_histogram!(
+            "nws_storage_backend_operation_duration_seconds",
+            metrics::Unit::Seconds,
+            "Backend operations by backend, operation and outcome (ok, not_found, error, timeout)"
+        );
         Self {
             backend,
             backend_name,

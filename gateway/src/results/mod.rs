@@ -159,12 +159,32 @@ struct Background {
 }
 
 impl Results {
+    /// `# HELP` for the cache's series.
+    fn describe_metrics() {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            "nws_results_total",
+            "Results answered, by where they came from (X-Cache)"
+        );
+        describe_counter!("nws_cache_lookups_total", "Lookups per cache tier, by outcome");
+        describe_histogram!(
+            "nws_cache_lookup_duration_seconds",
+            Unit::Seconds,
+            "Time of a lookup in a cache tier"
+        );
+        describe_gauge!(
+            "nws_redis_up",
+            "1 while Redis answers, 0 while the L2 tier is skipped"
+        );
+    }
+
     pub fn new(
         memory_bytes: u64,
         redis: Option<RedisTier>,
         upstreams: Upstreams,
         background_renders: usize,
     ) -> Self {
+        Self::describe_metrics();
         let memory = Cache::builder()
             .max_capacity(memory_bytes)
             // Entries weigh their bytes plus the bookkeeping around them.

@@ -54,8 +54,37 @@ pub(super) fn install() {
                 upkeep.run_upkeep();
             }
         });
+        describe();
         handle
     });
+}
+
+/// `# HELP` for the series the runtime records itself.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "http_server_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP requests by route template and status, until the response headers"
+    );
+    describe_histogram!(
+        "rpc_server_call_duration_seconds",
+        Unit::Seconds,
+        "gRPC calls served, by method and status code, until their last message"
+    );
+    describe_histogram!(
+        "rpc_client_call_duration_seconds",
+        Unit::Seconds,
+        "gRPC calls made, by method and status code, until their last message"
+    );
+    describe_counter!(
+        "nws_trace_spans_total",
+        "Finished spans by what became of them: exported, or dropped (queue full, export failed, shutdown)"
+    );
+    describe_gauge!(
+        "nws_build_info",
+        "1, labelled with the version and pipeline version"
+    );
 }
 
 /// `nws_build_info`: 1, labelled with the service and what built it.
