@@ -172,6 +172,23 @@ async fn one_admin_listener_serves_the_three_services_metrics() {
         public.sum(served, &[("service", "storage")]),
         metrics.sum(served, &[("service", "storage")])
     );
+    // With no collector, nothing this process starts is recorded, but every
+    // answer still names its trace, and a caller's sampled trace stays
+    // sampled for the services after it.
+    let root = mesh.get("/openapi.json").await;
+    let trace_id = root.headers()["x-trace-id"].to_str().unwrap().to_owned();
+    assert_eq!(trace_id.len(), 32);
+    let traceparent = root.headers()["traceparent"].to_str().unwrap();
+    assert!(traceparent.starts_with(&format!("00-{trace_id}-")) && traceparent.ends_with("-00"));
+    let sampled = mesh
+        .http
+        .get(mesh.url("/openapi.json"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01"))
+        .send()
+        .await
+        .unwrap();
+    let traceparent = sampled.headers()["traceparent"].to_str().unwrap();
+    assert!(traceparent.starts_with(&format!("00-{TRACE_ID}-")) && traceparent.ends_with("-01"));
     // Health on the admin port.
     let health = reqwest::get(format!("{}/healthz", mesh.process.url("admin")))
         .await

@@ -8,7 +8,9 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
 //!   is set, from a bounded queue that drops (and counts) rather than wait
 //!   ([`export`]). Sampling follows `OTEL_TRACES_SAMPLER`/`_ARG` (default
-//!   `parentbased_always_on`); the resource follows `OTEL_SERVICE_NAME` and
+//!   `parentbased_always_on`; with no exporter, `parentbased_always_off`:
+//!   nothing this process starts is recorded, a caller's sampled trace
+//!   still is); the resource follows `OTEL_SERVICE_NAME` and
 //!   `OTEL_RESOURCE_ATTRIBUTES`.
 //! - Metrics: one Prometheus registry per process ([`metrics`]).
 
@@ -20,7 +22,10 @@ pub mod propagation;
 use std::time::Duration;
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{Sampler, SdkTracerProvider},
+};
 use tracing_subscriber::{
     EnvFilter, Layer as _, filter::LevelFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
@@ -87,8 +92,16 @@ pub fn init(services: Services, format: LogFormat) -> anyhow::Result<Telemetry> 
         services.0[0],
         env("OTEL_SERVICE_NAME"),
     ));
-    if let Some(exporting) = &exporting {
-        provider = provider.with_span_processor(exporting.processor());
+    match &exporting {
+        Some(exporting) => provider = provider.with_span_processor(exporting.processor()),
+        // Nowhere to send spans: record none this process starts (recording
+        // is most of what a span costs), but keep a caller's sampled trace
+        // sampled, so services that do export still see it whole. Trace ids
+        // are still made, logged and answered either way.
+        None if env("OTEL_TRACES_SAMPLER").is_none() => {
+            provider = provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+        }
+        None => {}
     }
     let provider = provider.build();
     let tracer = provider.tracer("nws-watermark");
