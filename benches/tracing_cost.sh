@@ -12,12 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-8}"
 IMAGES="${2:-30}"
-CACHE="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
-OHA="$CACHE/tools/oha/bin/oha"
-if [ ! -x "$OHA" ]; then
-  CARGO_TARGET_DIR="$CACHE/oha-build" cargo install oha@1.16.0 --locked --root "$CACHE/tools/oha" >&2
-fi
+# shellcheck source=benches/oha.sh
+source benches/oha.sh
 cargo build --release --locked -p nws-mesh >&2
 cargo build --release --locked -p nws-runtime --example otlp_sink --features test-support >&2
 PHOTO="${NWS_TEST_IMAGES:-../shared/testdata/images}/kleiber_4000x3000.jpg"

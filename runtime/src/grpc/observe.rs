@@ -33,6 +33,16 @@ pub(crate) enum Side {
     Client,
 }
 
+impl Side {
+    /// The span kind OpenTelemetry gives this side of a call.
+    fn kind(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
+}
+
 /// A call being watched; finished once, with its status.
 struct Call {
     side: Side,
@@ -53,36 +63,30 @@ impl Call {
     fn start(side: Side, service: &'static str, request: &http::Request<impl Sized>) -> Self {
         let (rpc_service, rpc_method) = split_path(request.uri().path());
         let name = format!("{rpc_service}/{rpc_method}");
-        let span = match side {
+        let span = if rpc_service == crate::grpc::HEALTH_SERVICE {
             // Probes every few seconds would bury the traces worth reading.
-            _ if rpc_service == crate::grpc::HEALTH_SERVICE => Span::none(),
-            Side::Server => tracing::info_span!(
-                "grpc.server",
+            Span::none()
+        } else {
+            tracing::info_span!(
+                "grpc",
                 otel.name = name,
-                otel.kind = "server",
+                otel.kind = side.kind(),
                 otel.status_code = Empty,
                 otel.status_description = Empty,
                 rpc.system = "grpc",
                 rpc.service = rpc_service,
                 rpc.method = rpc_method,
                 rpc.grpc.status_code = Empty,
+                server.address = Empty,
+                server.port = Empty,
                 nws.service = service,
-            ),
-            Side::Client => tracing::info_span!(
-                "grpc.client",
-                otel.name = name,
-                otel.kind = "client",
-                otel.status_code = Empty,
-                otel.status_description = Empty,
-                rpc.system = "grpc",
-                rpc.service = rpc_service,
-                rpc.method = rpc_method,
-                rpc.grpc.status_code = Empty,
-                server.address = request.uri().host().unwrap_or_default(),
-                server.port = request.uri().port_u16().unwrap_or_default(),
-                nws.service = service,
-            ),
+            )
         };
+        if side == Side::Client {
+            // Where the call goes: the peer, as the client sees it.
+            span.record("server.address", request.uri().host().unwrap_or_default());
+            span.record("server.port", request.uri().port_u16().unwrap_or_default());
+        }
         Self {
             side,
             span,
