@@ -102,6 +102,8 @@ async fn the_gateway_serves_uploads_through_services_started_apart() {
             .then_some(())
     })
     .await;
+    // The log line travels through a pipe of its own: wait for it.
+    mesh.optimizer.until_logged("optimized", 1).await;
     assert_eq!(mesh.optimizer.count_logged("optimized"), 1);
     assert!(mesh.optimizer.logs().contains("\"rpc\":\"Render\""));
 }

@@ -125,6 +125,8 @@ async fn a_stopping_optimizer_turns_not_serving_then_closes_and_finishes_its_cal
     held.finish(&input).await.expect("the call in flight completes");
     let status = process.wait(std::time::Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}");
+    // Its last lines may still be on their way through the pipe.
+    process.until_logged("optimized", 1).await;
     assert_eq!(process.count_logged("optimized"), 1);
 }
 
