@@ -18,7 +18,7 @@ echo "| run | Chrome Accept, median ms | Accept: image/jpeg, median ms | ratio |
 echo "|---|---:|---:|---:|---|"
 for AUTO_AVIF in false true; do
   DATA="$(mktemp -d)"
-  NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
+  NWS_HTTP_ADDR=127.0.0.1:0 NWS_RATE_LIMIT_RPS=0 NWS_READ_RATE_LIMIT_RPS=0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
   NWS_DATA_DIR="$DATA" NWS_LOG_FORMAT=json NWS_AUTO_AVIF="$AUTO_AVIF" \
     "$BIN_DIR/nws-mesh" > "$DATA/mesh.log" 2>&1 &
   MESH=$!

@@ -20,7 +20,7 @@ cargo build --release --locked -p nws-mesh >&2
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/www" "$WORK/data"
-NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
+NWS_HTTP_ADDR=127.0.0.1:0 NWS_RATE_LIMIT_RPS=0 NWS_READ_RATE_LIMIT_RPS=0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
 NWS_DATA_DIR="$WORK/data" NWS_LOG_FORMAT=json RUST_LOG=warn,gateway=info \
   "$CARGO_TARGET_DIR/release/nws-mesh" > "$WORK/mesh.log" 2>&1 &
 for _ in $(seq 100); do grep -q '"service":"gateway"' "$WORK/mesh.log" 2>/dev/null && break; sleep 0.1; done

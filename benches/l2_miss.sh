@@ -12,7 +12,7 @@ IMAGES="${NWS_TEST_IMAGES:-../shared/testdata/images}"
 cargo build --release --locked -p nws-mesh >&2
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
+NWS_HTTP_ADDR=127.0.0.1:0 NWS_RATE_LIMIT_RPS=0 NWS_READ_RATE_LIMIT_RPS=0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
 NWS_DATA_DIR="$WORK" NWS_LOG_FORMAT=json RUST_LOG=warn,gateway=info \
 NWS_REDIS_URL="$REDIS" NWS_REDIS_PREFIX="nws-bench:$$:$(date +%s%N):" \
   "$CARGO_TARGET_DIR/release/nws-mesh" > "$WORK/mesh.log" 2>&1 &

@@ -33,7 +33,7 @@ start() {
 
 STORAGE="$(start storage-svc storage NWS_STORAGE_ADDR=127.0.0.1:0 NWS_DATA_DIR="$WORK/data")"
 OPTIMIZER="$(start optimizer-svc optimizer NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_URL="http://$STORAGE")"
-GATEWAY="$(start gateway gateway NWS_HTTP_ADDR=127.0.0.1:0 NWS_CACHE_MEMORY=0 \
+GATEWAY="$(start gateway gateway NWS_HTTP_ADDR=127.0.0.1:0 NWS_RATE_LIMIT_RPS=0 NWS_READ_RATE_LIMIT_RPS=0 NWS_CACHE_MEMORY=0 \
   NWS_OPTIMIZER_URL="http://$OPTIMIZER" NWS_STORAGE_URL="http://$STORAGE")"
 for _ in $(seq 100); do
   curl -sf "http://$GATEWAY/readyz" >/dev/null && break

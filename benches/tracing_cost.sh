@@ -25,15 +25,8 @@ coproc SINK { exec "$CARGO_TARGET_DIR/release/examples/otlp_sink"; }
 read -r SINK_ADDR <&"${SINK[0]}"
 spans_received() { echo >&"${SINK[1]}"; read -r count <&"${SINK[0]}"; echo "$count"; }
 
-start_mesh() { # name [env...]
-  local name="$1"; shift
-  mkdir -p "$WORK/$name"
-  env NWS_HTTP_ADDR=127.0.0.1:0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
-    NWS_ADMIN_ADDR=127.0.0.1:0 NWS_DATA_DIR="$WORK/$name" NWS_LOG_FORMAT=json RUST_LOG=warn,nws_runtime=info \
-    "$@" "$CARGO_TARGET_DIR/release/nws-mesh" > "$WORK/$name.log" 2>&1 &
-  for _ in $(seq 100); do grep -q '"service":"gateway"' "$WORK/$name.log" 2>/dev/null && break; sleep 0.1; done
-  grep -o '"service":"gateway","addr":"[^"]*"' "$WORK/$name.log" | sed 's/.*"addr":"/http:\/\//; s/"$//'
-}
+# shellcheck source=benches/mesh.sh
+source benches/mesh.sh
 OFF="$(start_mesh off)"
 ON="$(start_mesh on OTEL_EXPORTER_OTLP_ENDPOINT="http://$SINK_ADDR" OTEL_TRACES_SAMPLER=always_on)"
 # What operators usually run: one request in ten sampled (the default
@@ -51,11 +44,6 @@ HIT_OFF="$OFF$(result "$OFF")"
 HIT_ON="$ON$(result "$ON")"
 HIT_TENTH="$TENTH$(result "$TENTH")"
 
-hits() { # name url
-  "$OHA" --no-tui --output-format json -z "${DURATION}s" -c 64 "$2" > "$WORK/$1.json"
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], round(r["summary"]["requestsPerSec"]), json.dumps(r.get("statusCodeDistribution",{})).replace(" ",""))' \
-    "$WORK/$1.json" "$1"
-}
 misses() { # name gateway
   python3 benches/throughput.py mesh --gateway "$2" --image "$PHOTO" --count "$IMAGES" --parallel 2 --pid 1 \
     | awk -v name="$1" -F'|' '{ gsub(/ /, "", $4); print name, $4 }'

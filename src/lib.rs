@@ -6,6 +6,7 @@
 //!   and [`params`], their names in HTTP queries and forms;
 //! - [`render`]: what names a result ([`render::ResultKey`]) and the unit of
 //!   work that makes one ([`render::RenderJob`]);
+//! - [`access`]: the scope each RPC needs and the rate limit it counts against;
 //! - [`media`]: formats judged from the bytes; [`chunk`]: bounded chunks;
 //!   [`stream`]: the streams that carry a description, then bytes.
 //!
@@ -13,6 +14,7 @@
 //! needs none of it.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod chunk;
 pub mod media;
 pub mod options;

@@ -21,7 +21,9 @@ use axum::Router;
 use http::Uri;
 use nws_runtime::{
     http::{HttpConfig, HttpServer},
+    policy::{Policy, PolicyConfig, Role},
     shutdown::Drain,
+    tls::{ServerTls, UpstreamTls},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -39,12 +41,22 @@ pub struct App {
     router: Router,
     http: HttpConfig,
     redis: Option<RedisTier>,
+    /// Stops the policy's background work (JWKS refresh, bucket sweeps).
+    background: CancellationToken,
 }
 
 /// Binds the HTTP listener and prepares lazy connections to the upstreams
-/// and to Redis; nothing waits for them, so the gateway starts (and says
-/// what is missing on `/readyz`) while they are down.
-pub async fn build(config: &GatewayConfig, optimizer: Uri, storage: Uri) -> anyhow::Result<App> {
+/// (over TLS, with `upstream_tls`, for `https://` URLs) and to Redis;
+/// nothing waits for them, so the gateway starts (and says what is missing
+/// on `/readyz`) while they are down. The policy's keys are loaded first:
+/// keys that cannot be read stop the start.
+pub async fn build(
+    config: &GatewayConfig,
+    policy: &PolicyConfig,
+    optimizer: Uri,
+    storage: Uri,
+    upstream_tls: &UpstreamTls,
+) -> anyhow::Result<App> {
     let redis = config
         .redis_url
         .as_ref()
@@ -57,10 +69,22 @@ pub async fn build(config: &GatewayConfig, optimizer: Uri, storage: Uri) -> anyh
             )
         })
         .transpose()?;
+    let background = CancellationToken::new();
+    let mut edge_policy = Policy::build(policy, Role::Edge, background.clone()).await?;
+    if policy.rate_limit_redis {
+        let redis = redis.clone().ok_or_else(|| {
+            nws_runtime::config::InvalidSetting::new(
+                "NWS_RATE_LIMIT_REDIS",
+                "is true, but NWS_REDIS_URL is not set",
+            )
+        })?;
+        edge_policy = edge_policy.with_shared_limiter(std::sync::Arc::new(redis));
+    }
+    edge_policy.describe("gateway");
     let bindings = transcode::bindings(nws_watermark::pb::FILE_DESCRIPTOR_SET)
         .context("gateway: the google.api.http annotations in proto/")?;
     let server = HttpServer::bind("gateway", config.http_addr).await?;
-    let upstreams = Upstreams::connect_lazy(optimizer, storage, config.upstream_timeout);
+    let upstreams = Upstreams::connect_lazy_with(optimizer, storage, config.upstream_timeout, upstream_tls)?;
     let state = AppState::new(Shared {
         results: Results::new(
             config.cache_memory,
@@ -72,12 +96,14 @@ pub async fn build(config: &GatewayConfig, optimizer: Uri, storage: Uri) -> anyh
         max_upload_bytes: config.max_upload_bytes,
         body_read_timeout: config.http.body_read_timeout,
         auto_avif: config.auto_avif,
+        policy: edge_policy.clone(),
     });
     Ok(App {
         server,
-        router: routes::router(state, &bindings, &config.http),
+        router: routes::router(state, &bindings, &config.http, &edge_policy),
         http: config.http.clone(),
         redis,
+        background,
     })
 }
 
@@ -85,6 +111,13 @@ impl App {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Serves HTTPS only, with `tls` (when given): HTTP/2 by ALPN, or
+    /// HTTP/1.1.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
+        self.server = self.server.with_tls(tls);
+        self
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (h2c) until `shutdown` completes, then
@@ -99,7 +132,9 @@ impl App {
             router,
             http,
             redis,
+            background,
         } = self;
+        let _stop_background = background.drop_guard();
         let watching = CancellationToken::new();
         if let Some(redis) = redis {
             tokio::spawn(redis.watch(watching.clone()));

@@ -6,8 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Uri;
 use nws_runtime::{
-    grpc::client::{Unready, UpstreamChannel, channel, check_health, finish_in_background},
+    config::InvalidSetting,
+    grpc::client::{Unready, UpstreamChannel, channel_with, check_health, finish_in_background},
     telemetry::GATEWAY,
+    tls::UpstreamTls,
 };
 use nws_watermark::{
     pb::{
@@ -34,12 +36,29 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// Over plain-text channels (`http://` URLs), for the unit tests'
+    /// inline upstreams.
+    #[cfg(test)]
     pub fn connect_lazy(optimizer: Uri, storage: Uri, timeout: Duration) -> Self {
         Self {
-            optimizer: channel(optimizer, GATEWAY.name),
-            storage: channel(storage, GATEWAY.name),
+            optimizer: nws_runtime::grpc::client::channel(optimizer, GATEWAY.name),
+            storage: nws_runtime::grpc::client::channel(storage, GATEWAY.name),
             timeout,
         }
+    }
+
+    /// Over TLS, with `tls`, for `https://` URLs.
+    pub fn connect_lazy_with(
+        optimizer: Uri,
+        storage: Uri,
+        timeout: Duration,
+        tls: &UpstreamTls,
+    ) -> Result<Self, InvalidSetting> {
+        Ok(Self {
+            optimizer: channel_with(optimizer, GATEWAY.name, tls)?,
+            storage: channel_with(storage, GATEWAY.name, tls)?,
+            timeout,
+        })
     }
 
     pub fn channel(&self, upstream: Upstream) -> UpstreamChannel {

@@ -3,16 +3,21 @@
 //! logs and memory can be watched apart.
 
 use nws_runtime::testing::{
-    OtlpReceiver, Scrape, ServiceProcess, assert_upload_tree, eventually, files_under, large_png, test_image,
-    upload_trace, workspace_binary,
+    Deployment, OtlpReceiver, Scrape, assert_upload_tree, eventually, large_png, test_image, upload_trace,
 };
 
+/// The three services as separate processes, and a client for the gateway.
 struct Deployed {
-    storage_dir: tempfile::TempDir,
-    storage: ServiceProcess,
-    optimizer: ServiceProcess,
-    gateway: ServiceProcess,
+    services: Deployment,
     http: reqwest::Client,
+}
+
+impl std::ops::Deref for Deployed {
+    type Target = Deployment;
+
+    fn deref(&self) -> &Deployment {
+        &self.services
+    }
 }
 
 impl Deployed {
@@ -23,52 +28,19 @@ impl Deployed {
     /// With `every_env` given to the three processes, `gateway_env` to the
     /// gateway only.
     fn start_with(every_env: &[(&str, &str)], gateway_env: &[(&str, &str)]) -> Self {
-        let storage_dir = tempfile::tempdir().unwrap();
-        let mut env = vec![
-            ("NWS_STORAGE_ADDR", "127.0.0.1:0"),
-            ("NWS_DATA_DIR", storage_dir.path().to_str().unwrap()),
-        ];
-        env.extend_from_slice(every_env);
-        let storage = ServiceProcess::start(&workspace_binary("storage-svc"), &env, &["storage", "admin"]);
-        let storage_url = storage.url("storage");
-        let mut env = vec![
-            ("NWS_OPTIMIZER_ADDR", "127.0.0.1:0"),
-            ("NWS_STORAGE_URL", storage_url.as_str()),
-            // Every pipeline stage is logged, to see where work stops.
-            ("RUST_LOG", "info,optimizer_svc=debug"),
-        ];
-        env.extend_from_slice(every_env);
-        let optimizer =
-            ServiceProcess::start(&workspace_binary("optimizer-svc"), &env, &["optimizer", "admin"]);
-        let optimizer_url = optimizer.url("optimizer");
-        let mut env = vec![
-            ("NWS_HTTP_ADDR", "127.0.0.1:0"),
-            ("NWS_OPTIMIZER_URL", optimizer_url.as_str()),
-            ("NWS_STORAGE_URL", storage_url.as_str()),
-        ];
-        env.extend_from_slice(every_env);
-        env.extend_from_slice(gateway_env);
-        let gateway = ServiceProcess::start(&workspace_binary("gateway"), &env, &["gateway"]);
         Self {
-            storage_dir,
-            storage,
-            optimizer,
-            gateway,
+            services: Deployment::start(every_env, gateway_env),
             http: reqwest::Client::new(),
         }
     }
 
     async fn upload(&self, query: &str, body: Vec<u8>) -> reqwest::Response {
         self.http
-            .post(format!("{}/v1/watermark{query}", self.gateway.url("gateway")))
+            .post(format!("{}/v1/watermark{query}", self.gateway_url()))
             .body(body)
             .send()
             .await
             .unwrap()
-    }
-
-    fn stored(&self, namespace: &str) -> Vec<std::path::PathBuf> {
-        files_under(&self.storage_dir.path().join(namespace))
     }
 }
 
@@ -95,13 +67,7 @@ async fn the_gateway_serves_uploads_through_services_started_apart() {
         "{:?}",
         mesh.stored("originals")
     );
-    eventually("the result kept in storage", async || {
-        mesh.stored("results")
-            .iter()
-            .any(|path| path.ends_with(&key))
-            .then_some(())
-    })
-    .await;
+    mesh.until_result_kept(&key).await;
     // The log line travels through a pipe of its own: wait for it.
     mesh.optimizer.until_logged("optimized", 1).await;
     assert_eq!(mesh.optimizer.count_logged("optimized"), 1);

@@ -14,6 +14,7 @@ use http::Uri;
 use nws_runtime::{
     config::{CommonConfig, parse_upstream_url},
     grpc::GrpcServer,
+    policy::{Policy, Role},
     shutdown::Drain,
 };
 use optimizer_svc::OptimizerConfig;
@@ -63,10 +64,22 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     };
     let services_stop = CancellationToken::new();
     let mut embedded = JoinSet::new();
+    // NWS_TLS_* are the public port's: the embedded services listen on
+    // loopback in plain text. NWS_UPSTREAM_TLS_* serve https:// upstream
+    // URLs given here.
+    let tls = config.common.tls.load()?;
+    let upstream_tls = config.common.upstream_tls.load()?;
 
+    // The embedded services answer only this gateway, which enforces the
+    // policy; they check tokens too when it sends one of its own.
+    let embedded_policy = Policy::build(&config.common.policy, Role::Embedded, services_stop.clone()).await?;
     let storage_url = upstream(
         config.storage_url.clone(),
-        storage_svc::build(config.storage.clone()),
+        async {
+            Ok(storage_svc::build(config.storage.clone())
+                .await?
+                .with_policy(embedded_policy.clone()))
+        },
         &mut embedded,
         &services_stop,
         embedded_drain,
@@ -74,14 +87,28 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     .await?;
     let optimizer_url = upstream(
         config.optimizer_url.clone(),
-        optimizer_svc::build(config.optimizer.clone(), Some(storage_url.clone())),
+        async {
+            Ok(
+                optimizer_svc::build(config.optimizer.clone(), Some(storage_url.clone()), &upstream_tls)
+                    .await?
+                    .with_policy(embedded_policy.clone()),
+            )
+        },
         &mut embedded,
         &services_stop,
         embedded_drain,
     )
     .await?;
     tracing::info!(optimizer = %optimizer_url, storage = %storage_url, "upstreams");
-    let gateway = gateway::build(&config.gateway, optimizer_url, storage_url).await?;
+    let gateway = gateway::build(
+        &config.gateway,
+        &config.common.policy,
+        optimizer_url,
+        storage_url,
+        &upstream_tls,
+    )
+    .await?
+    .with_tls(tls);
 
     // A failing embedded service stops the whole process rather than
     // leaving a gateway that can only answer 503.

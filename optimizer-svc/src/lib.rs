@@ -11,7 +11,7 @@ mod service;
 mod storage;
 
 use http::Uri;
-use nws_runtime::grpc::GrpcServer;
+use nws_runtime::{grpc::GrpcServer, tls::UpstreamTls};
 use nws_watermark::pb::optimizer_server::OptimizerServer;
 
 pub use config::OptimizerConfig;
@@ -23,11 +23,18 @@ use crate::{service::OptimizerService, storage::OriginalStore};
 pub type App = GrpcServer;
 
 /// Binds the listener and sets up the worker pool; nothing is served until
-/// [`App::run_until_stopped`]. With `storage` (the Storage service's URL),
-/// `Render` reads originals from it and keeps results in it; without, only
-/// `Optimize` and `Probe` work.
-pub async fn build(config: OptimizerConfig, storage: Option<Uri>) -> anyhow::Result<App> {
-    let store = storage.map(OriginalStore::connect_lazy);
+/// [`App::run_until_stopped`]. With `storage` (the Storage service's URL;
+/// over TLS, with `upstream_tls`, when `https://`), `Render` reads
+/// originals from it and keeps results in it; without, only `Optimize` and
+/// `Probe` work.
+pub async fn build(
+    config: OptimizerConfig,
+    storage: Option<Uri>,
+    upstream_tls: &UpstreamTls,
+) -> anyhow::Result<App> {
+    let store = storage
+        .map(|url| OriginalStore::connect_lazy(url, upstream_tls))
+        .transpose()?;
     if store.is_none() {
         tracing::info!("no NWS_STORAGE_URL: Render is unavailable, Optimize and Probe work");
     }

@@ -449,7 +449,10 @@ impl Optimizer for OptimizerService {
         let kept = request.store_result.then(|| {
             let span =
                 follows_current(tracing::info_span!(parent: None, "result.keep", nws.result_key = %key));
-            tokio::spawn(keep(store, key, bytes.clone()).instrument(span))
+            // With the caller's token, when Storage checks them.
+            tokio::spawn(
+                nws_runtime::policy::on_behalf_of_caller(keep(store, key, bytes.clone())).instrument(span),
+            )
         });
         let header = RenderResponse {
             payload: Some(render_response::Payload::Header(header)),

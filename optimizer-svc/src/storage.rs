@@ -7,8 +7,10 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::Uri;
 use nws_runtime::{
-    grpc::client::{UpstreamChannel, channel, finish_in_background},
+    config::InvalidSetting,
+    grpc::client::{UpstreamChannel, channel_with, finish_in_background},
     telemetry::OPTIMIZER,
+    tls::UpstreamTls,
 };
 use nws_watermark::{
     chunk,
@@ -30,10 +32,10 @@ pub struct OriginalStore {
 }
 
 impl OriginalStore {
-    pub fn connect_lazy(url: Uri) -> Self {
-        Self {
-            client: StorageClient::new(channel(url, OPTIMIZER.name)),
-        }
+    pub fn connect_lazy(url: Uri, tls: &UpstreamTls) -> Result<Self, InvalidSetting> {
+        Ok(Self {
+            client: StorageClient::new(channel_with(url, OPTIMIZER.name, tls)?),
+        })
     }
 
     /// The original stored under `sha256`, refused before a byte is read

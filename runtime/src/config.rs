@@ -38,6 +38,15 @@ pub struct CommonConfig {
     /// has none); empty: off.
     #[arg(long, env = "NWS_ADMIN_ADDR", value_parser = parse_admin_addr)]
     pub admin_addr: Option<AdminAddr>,
+
+    #[command(flatten)]
+    pub policy: crate::policy::PolicyConfig,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsConfig,
+
+    #[command(flatten)]
+    pub upstream_tls: crate::tls::UpstreamTlsConfig,
 }
 
 /// Where the admin listener listens, if anywhere.
@@ -100,17 +109,59 @@ pub fn parse_or_exit<T: Parser>() -> T {
 
 /// The process exit status for a service's result: on failure, one line
 /// with the whole cause chain (`error: optimizer: cannot listen on
-/// 127.0.0.1:50051: Address already in use`), never a backtrace.
+/// 127.0.0.1:50051: Address already in use`), never a backtrace; `EX_USAGE`
+/// when the cause is an [`InvalidSetting`].
 pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "exiting");
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            if error.chain().any(|cause| cause.is::<InvalidSetting>()) {
+                std::process::ExitCode::from(EX_USAGE as u8)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// A setting whose value parsed but cannot be used, found once the process
+/// reads what it names (a certificate file holding no certificate, a key
+/// that is not the certificate's): start-up stops as for a bad value, with
+/// the setting's name and `EX_USAGE`.
+#[derive(Debug)]
+pub struct InvalidSetting {
+    setting: &'static str,
+    message: String,
+}
+
+impl InvalidSetting {
+    pub fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            setting,
+            message: message.into(),
+        }
+    }
+
+    /// About the file `path` that `setting` names.
+    pub fn file(setting: &'static str, path: &std::path::Path, problem: impl fmt::Display) -> Self {
+        Self::new(setting, format!("{}: {problem}", path.display()))
+    }
+
+    /// The environment variable at fault, e.g. `NWS_TLS_CERT`.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for InvalidSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for InvalidSetting {}
 
 /// clap's message names the flag; settings mostly arrive through the
 /// environment, so name the variable too: `invalid value 'x' for

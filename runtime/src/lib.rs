@@ -9,8 +9,11 @@
 //!   messages;
 //! - [`http`]: the HTTP accept loop and the HTTP layer stack, with JSON errors
 //!   that use grpc-gateway's status table;
+//! - [`policy`]: authentication, scopes, signed links, rate limits, CORS;
 //! - [`telemetry`]: logs that name their trace, W3C trace context, OTLP
 //!   export, Prometheus metrics; [`admin`]: the operators' listener;
+//! - [`tls`]: TLS and mTLS on every listener and upstream channel, with
+//!   certificates reloaded from disk;
 //! - [`process`]: the life of every binary; [`shutdown`], [`panic`];
 //! - `testing` (feature `test-support`): start real binaries on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
@@ -20,9 +23,11 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod panic;
+pub mod policy;
 pub mod process;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

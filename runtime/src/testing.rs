@@ -1,6 +1,13 @@
 //! Integration-test support: start a real service binary on `127.0.0.1:0`
 //! and learn the addresses it bound from its JSON logs.
 
+mod deployment;
+mod redis;
+pub mod tokens;
+
+pub use deployment::{Deployment, DeploymentEnv};
+pub use redis::{PrivateRedis, redis_command};
+
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
@@ -227,8 +234,8 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// `binary` with no inherited `NWS_*` or `AWS_*` setting, JSON logs, then
-/// `env`.
+/// `binary` with no inherited `NWS_*` or `AWS_*` setting, JSON logs, no
+/// rate limits, then `env`.
 fn command(binary: &Path, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary);
     for (name, _) in std::env::vars() {
@@ -241,6 +248,11 @@ fn command(binary: &Path, env: &[(&str, &str)]) -> Command {
         .env("RUST_LOG", "info")
         // Tests run side by side: no fixed admin port.
         .env("NWS_ADMIN_ADDR", "127.0.0.1:0")
+        // Every test talks from 127.0.0.1: the edge's default limits (2
+        // uploads/s) would make them wait on each other. The tests of the
+        // limits set their own.
+        .env("NWS_RATE_LIMIT_RPS", "0")
+        .env("NWS_READ_RATE_LIMIT_RPS", "0")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     command
@@ -930,5 +942,91 @@ json.dump(samples, sys.stdout)
                     .iter()
                     .all(|(key, value)| sample["labels"][*key].as_str() == Some(*value))
         })
+    }
+}
+
+/// Certificates for the TLS tests, made here with rcgen: a CA, and leaves
+/// it signs for `localhost` and `127.0.0.1`, usable by servers and clients
+/// alike, written as PEM files in a directory of their own.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its key, as files and as bytes.
+pub struct IssuedCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The leaf's DER, as a peer sees it in a handshake.
+    pub der: Vec<u8>,
+}
+
+impl TestPki {
+    /// A new CA named `name`; its certificate is in [`TestPki::ca_path`].
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
+            .expect("self-signed CA");
+        let pki = Self {
+            dir: tempfile::tempdir().expect("a directory for certificates"),
+            ca,
+        };
+        std::fs::write(pki.ca_path(), pki.ca.pem()).expect("write the CA");
+        pki
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A new leaf named `common_name` (a new key and serial each time),
+    /// written to `<stem>.pem` and `<stem>.key` in this PKI's directory.
+    pub fn issue(&self, stem: &str, common_name: &str) -> IssuedCert {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("leaf parameters");
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign the leaf");
+        let issued = IssuedCert {
+            cert: self.dir.path().join(format!("{stem}.pem")),
+            key: self.dir.path().join(format!("{stem}.key")),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.cert, &issued.cert_pem).expect("write the certificate");
+        std::fs::write(&issued.key, &issued.key_pem).expect("write the key");
+        issued
+    }
+
+    /// The directory holding this PKI's files, for files of a test's own.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl IssuedCert {
+    /// Puts this certificate and key in place of the files `target` names,
+    /// each by an atomic rename, as a certificate manager would.
+    pub fn install_over(&self, target: &IssuedCert) {
+        for (content, path) in [(&self.key_pem, &target.key), (&self.cert_pem, &target.cert)] {
+            let staging = path.with_extension("new");
+            std::fs::write(&staging, content).expect("write the new file");
+            std::fs::rename(&staging, path).expect("move the new file in place");
+        }
     }
 }

@@ -33,7 +33,17 @@ async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     // The gateway's /metrics is on its HTTP port: no admin listener unless asked.
     nws_runtime::process::run(Services(&[GATEWAY]), &cli.common, None, async |shutdown| {
-        let app = gateway::build(&cli.gateway, cli.optimizer_url, cli.storage_url).await?;
+        let tls = cli.common.tls.load()?;
+        let upstream_tls = cli.common.upstream_tls.load()?;
+        let app = gateway::build(
+            &cli.gateway,
+            &cli.common.policy,
+            cli.optimizer_url,
+            cli.storage_url,
+            &upstream_tls,
+        )
+        .await?
+        .with_tls(tls);
         app.run_until_stopped(shutdown.cancelled_owned(), cli.common.drain())
             .await
     })

@@ -17,7 +17,10 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use deadpool_redis::{Config, Pool, PoolConfig, PoolError, Runtime, Timeouts, redis};
-use nws_runtime::config::SecretUrl;
+use nws_runtime::{
+    config::SecretUrl,
+    policy::{Decision, Rate, SharedLimiter},
+};
 use nws_watermark::render::ResultKey;
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +134,38 @@ impl RedisTier {
         }
     }
 
+    /// Takes one request from `identity`'s `class` bucket, kept in Redis so
+    /// that every replica draws from the same one. GCRA in one script: the
+    /// read, the decision and the write are one atomic step, timed by
+    /// Redis' own clock so replicas' clocks need not agree. A bucket
+    /// expires once it would be full again.
+    pub async fn take_token(&self, class: &str, identity: &str, rate: Rate) -> Result<Decision, String> {
+        if !self.is_up() {
+            return Err(format!("redis {}", self.status().err().unwrap_or(Down::Failed)));
+        }
+        let interval_us = (rate.interval().as_micros()).max(1);
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(GCRA_SCRIPT)
+            .arg(1)
+            .arg(format!("{}ratelimit:{class}:{identity}", self.prefix))
+            .arg(u64::try_from(interval_us).unwrap_or(u64::MAX))
+            .arg(rate.burst);
+        match self.run::<(i64, i64, i64, i64)>(&command).await {
+            Ok((1, _, remaining, reset_us)) => Ok(Decision::Allowed {
+                remaining: u32::try_from(remaining).unwrap_or(0),
+                reset: micros(reset_us),
+            }),
+            Ok((_, retry_us, _, _)) => Ok(Decision::Limited {
+                retry_after: micros(retry_us),
+            }),
+            Err(failure) => {
+                self.mark_down(&failure);
+                Err(format!("redis {}", failure.down))
+            }
+        }
+    }
+
     /// `Ok` while Redis answers, or why it is being skipped.
     pub fn status(&self) -> Result<(), Down> {
         if self.is_up() {
@@ -214,6 +249,44 @@ impl RedisTier {
         }
     }
 }
+
+impl SharedLimiter for RedisTier {
+    fn check<'a>(
+        &'a self,
+        class: &'static str,
+        identity: &'a str,
+        rate: Rate,
+    ) -> futures_util::future::BoxFuture<'a, Result<Decision, String>> {
+        Box::pin(self.take_token(class, identity, rate))
+    }
+
+    fn status(&self) -> Result<(), String> {
+        RedisTier::status(self).map_err(|down| format!("redis {down}"))
+    }
+}
+
+fn micros(value: i64) -> Duration {
+    Duration::from_micros(u64::try_from(value).unwrap_or(0))
+}
+
+/// GCRA (see `nws_runtime::policy::limit`), in microseconds of Redis' clock.
+/// KEYS[1]: the bucket; ARGV: emission interval, burst. Returns allowed
+/// (1/0), retry after, remaining, time until full.
+const GCRA_SCRIPT: &str = r"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * burst
+if now < allow_at then
+  return {0, allow_at - now, 0, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, 0, math.floor((now + interval * burst - new_tat) / interval), new_tat - now}
+";
 
 /// `nws_redis_up`: 1 while Redis answers, 0 while the L2 tier is skipped.
 fn up_gauge() -> metrics::Gauge {

@@ -10,8 +10,10 @@ pub async fn live() -> impl IntoResponse {
 }
 
 /// Readiness: both upstreams answer their gRPC health checks. Redis only
-/// makes results faster, so without it the gateway is `degraded` but still
-/// ready (200): taking it out of rotation would lose more than the cache.
+/// makes results faster (and rate limits global), so without it the
+/// gateway is `degraded` but still ready (200): taking it out of rotation
+/// would lose more than the cache, and each replica then applies the rate
+/// limits alone.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let checks = state.upstreams.readiness().await;
     let ready = checks.iter().all(|(_, result)| result.is_ok());
@@ -20,7 +22,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         .map(|(upstream, result)| (upstream.to_string(), status_json(result)))
         .collect();
     let redis = state.results.redis().map(|redis| redis.status());
-    let degraded = redis.as_ref().is_some_and(Result::is_err);
+    let shared_limits = state.policy.shared_limiter_status();
+    let degraded =
+        redis.as_ref().is_some_and(Result::is_err) || shared_limits.as_ref().is_some_and(Result::is_err);
+    let rate_limits = match shared_limits {
+        Some(Ok(())) => json!({ "status": "SERVING", "scope": "global (Redis)" }),
+        Some(Err(reason)) => {
+            json!({ "status": "UNAVAILABLE", "scope": "this replica only", "reason": reason })
+        }
+        None => {
+            json!({ "status": "DISABLED", "scope": "this replica only", "reason": "NWS_RATE_LIMIT_REDIS is not set" })
+        }
+    };
     let cache = match redis {
         Some(result) => json!({ "redis": status_json(result) }),
         None => json!({ "redis": { "status": "DISABLED", "reason": "NWS_REDIS_URL is not set" } }),
@@ -32,7 +45,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "status": word, "upstreams": upstreams, "cache": cache })),
+        Json(json!({ "status": word, "upstreams": upstreams, "cache": cache, "rate_limits": rate_limits })),
     )
 }
 

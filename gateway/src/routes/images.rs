@@ -7,6 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use nws_runtime::policy::UrlSigner;
 use nws_watermark::{pb::PutResponse, render::ResultKey};
 
 use super::AppState;
@@ -37,7 +38,7 @@ pub async fn get(
     }
     let mut timing = ServerTiming::start();
     let found = state.results.find(key, &mut timing).await?;
-    Ok(image_response(&found, &timing, Negotiated::No, None))
+    Ok(image_response(&found, &timing, Negotiated::No, None, None))
 }
 
 /// Whether the response's format was chosen from the request's Accept.
@@ -48,18 +49,32 @@ pub enum Negotiated {
 }
 
 /// The response for a result: the bytes, with what a browser, a CDN and a
-/// person debugging need to know about them.
+/// person debugging need to know about them. With `signer` (an upload's
+/// answer when NWS_URL_SIGNING_KEY is set), the result's and the
+/// original's links are signed, so an `<img>` tag can use them without a
+/// token.
 pub fn image_response(
     found: &Found,
     timing: &ServerTiming,
     negotiated: Negotiated,
     original: Option<&PutResponse>,
+    signer: Option<&UrlSigner>,
 ) -> Response {
     let image = &found.image;
     let mut headers = HeaderMap::with_capacity(14);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(image.media_type));
     headers.insert(header::ETAG, image.etag.clone());
-    headers.insert(header::CONTENT_LOCATION, image.location.clone());
+    let signed = |path: &str| signer.map_or_else(|| path.to_owned(), |signer| signer.sign(path));
+    match (signer, image.location.to_str()) {
+        (Some(_), Ok(path)) => {
+            if let Ok(location) = HeaderValue::try_from(signed(path)) {
+                headers.insert(header::CONTENT_LOCATION, location);
+            }
+        }
+        _ => {
+            headers.insert(header::CONTENT_LOCATION, image.location.clone());
+        }
+    }
     headers.insert(header::CACHE_CONTROL, IMMUTABLE);
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -84,7 +99,13 @@ pub fn image_response(
     if let Some(original) = original {
         put("x-original-sha256", original.sha256.clone());
         put("x-original-deduplicated", original.deduplicated.to_string());
-        put("link", format!("</image/{}>; rel=\"original\"", original.sha256));
+        put(
+            "link",
+            format!(
+                "<{}>; rel=\"original\"",
+                signed(&format!("/image/{}", original.sha256))
+            ),
+        );
     }
     // The bytes are shared with the cache: no copy.
     (headers, Body::from(image.bytes.clone())).into_response()

@@ -14,8 +14,13 @@ use axum::{
     extract::DefaultBodyLimit,
     routing::{get, post},
 };
-use http::header;
-use nws_runtime::{http::HttpConfig, telemetry::GATEWAY};
+use http::{Method, header};
+use nws_runtime::{
+    http::HttpConfig,
+    policy::{HttpRules, Policy},
+    telemetry::GATEWAY,
+};
+use nws_watermark::access::{self, Access, RateClass};
 
 use crate::{results::Results, transcode::Binding, upstream::Upstreams};
 
@@ -31,6 +36,8 @@ pub struct Shared {
     pub body_read_timeout: Duration,
     /// NWS_AUTO_AVIF: `format=auto` waits for the most compact format.
     pub auto_avif: bool,
+    /// Who may call what; signs the links uploads answer with.
+    pub policy: Policy,
 }
 
 impl AppState {
@@ -47,7 +54,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig) -> Router {
+pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig, policy: &Policy) -> Router {
     let openapi = Bytes::from(
         serde_json::to_vec(&crate::openapi::document(bindings)).expect("a JSON value serialises"),
     );
@@ -69,5 +76,39 @@ pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig) -> Route
         // Upload handlers enforce NWS_MAX_UPLOAD_BYTES themselves, while
         // streaming; axum's buffered default must not cut in first.
         .layer(DefaultBodyLimit::disable());
-    nws_runtime::http::layer_stack(router, GATEWAY.name, http)
+    nws_runtime::http::layer_stack(router, GATEWAY.name, http, policy, rules(bindings))
+}
+
+/// What each route needs. Results and originals also open to signed links
+/// (for `<img>` tags, which cannot send a token); a transcoded route needs
+/// what its RPC needs.
+fn rules(bindings: &[Binding]) -> HttpRules {
+    let mut rules = HttpRules::new();
+    rules
+        .insert(Method::POST, "/v1/watermark", Access::WRITE)
+        .insert(Method::POST, "/upload", Access::WRITE)
+        .insert_signed(Method::GET, "/v1/images/{key}", Access::READ)
+        .insert_signed(Method::GET, "/image/{sha256}", Access::READ)
+        .insert(Method::GET, "/status/{sha256}", Access::READ)
+        .insert(Method::GET, "/healthz", Access::Open)
+        .insert(Method::GET, "/readyz", Access::Open)
+        .insert(Method::GET, "/openapi.json", Access::Open)
+        .insert(
+            Method::GET,
+            "/metrics",
+            Access::Scoped {
+                scope: access::METRICS_READ,
+                class: RateClass::Read,
+            },
+        );
+    for binding in bindings {
+        let path = format!(
+            "/{}/{}",
+            binding.method.parent_service().full_name(),
+            binding.method.name()
+        );
+        let needs = access::for_method(&path).unwrap_or(Access::WRITE);
+        rules.insert(binding.http_method.clone(), &binding.template, needs);
+    }
+    rules
 }

@@ -94,7 +94,13 @@ pub async fn upload(
     if let Some(stages) = found.header.as_ref().and_then(|h| h.timings.as_ref()) {
         timing.add_stages(stages);
     }
-    Ok(image_response(&found, &timing, negotiated, Some(&original)))
+    Ok(image_response(
+        &found,
+        &timing,
+        negotiated,
+        Some(&original),
+        state.policy.signer(),
+    ))
 }
 
 /// Whether the optimizer refused the image itself: the original it was

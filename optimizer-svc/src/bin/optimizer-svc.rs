@@ -4,6 +4,7 @@ use clap::Parser;
 use http::Uri;
 use nws_runtime::{
     config::{CommonConfig, parse_or_exit, parse_upstream_url},
+    policy::{Policy, Role},
     telemetry::{OPTIMIZER, Services},
 };
 use optimizer_svc::OptimizerConfig;
@@ -34,7 +35,13 @@ async fn main() -> ExitCode {
         &cli.common,
         Some(admin),
         async |shutdown| {
-            let app = optimizer_svc::build(cli.optimizer, cli.storage_url).await?;
+            let tls = cli.common.tls.load()?;
+            let upstream_tls = cli.common.upstream_tls.load()?;
+            let policy = Policy::build(&cli.common.policy, Role::Service, shutdown.clone()).await?;
+            let app = optimizer_svc::build(cli.optimizer, cli.storage_url, &upstream_tls)
+                .await?
+                .with_tls(tls)
+                .with_policy(policy);
             app.run_until_stopped(shutdown.cancelled_owned(), cli.common.drain())
                 .await
         },

@@ -1,7 +1,7 @@
 //! Channels to the services this process calls, all built the same way, so
 //! that client-side layers (a span per call carrying its W3C trace context,
-//! call metrics; credentials when they come) are added once, here, for
-//! every upstream.
+//! call metrics; TLS and client certificates for `https://` URLs;
+//! credentials when they come) are added once, here, for every upstream.
 
 use std::{fmt, time::Duration};
 
@@ -14,6 +14,7 @@ use tonic_health::pb::{
 use tracing::Instrument as _;
 
 use super::ObservedService;
+use crate::{config::InvalidSetting, tls::UpstreamTls};
 
 /// The channel type every upstream client uses. Client layers wrap it here
 /// and nowhere else.
@@ -27,13 +28,51 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// connects on first use and reconnects by itself, so a process starts (and
 /// reports not ready) while an upstream is down, and recovers when it
 /// returns.
+///
+/// Without client TLS settings: an `https://` URL gets a channel whose
+/// every connection attempt fails (never plain text); use [`channel_with`].
 pub fn channel(uri: Uri, caller: &'static str) -> UpstreamChannel {
-    let channel = Endpoint::from(uri)
+    lazy(uri, caller, &UpstreamTls::default())
+}
+
+/// As [`channel`], with `tls` for an `https://` URL: the upstream's
+/// certificate is checked against NWS_UPSTREAM_TLS_CA, and the client
+/// certificate, if any, presented. An `https://` URL without
+/// NWS_UPSTREAM_TLS_CA is a configuration error.
+pub fn channel_with(
+    uri: Uri,
+    caller: &'static str,
+    tls: &UpstreamTls,
+) -> Result<UpstreamChannel, InvalidSetting> {
+    if is_https(&uri) && !tls.is_configured() {
+        return Err(InvalidSetting::new(
+            "NWS_UPSTREAM_TLS_CA",
+            format!(
+                "unset, and the upstream {uri} is https://: set it to the CA that signed its certificate"
+            ),
+        ));
+    }
+    Ok(lazy(uri, caller, tls))
+}
+
+fn is_https(uri: &Uri) -> bool {
+    uri.scheme_str() == Some("https")
+}
+
+fn lazy(uri: Uri, caller: &'static str, tls: &UpstreamTls) -> UpstreamChannel {
+    let https = is_https(&uri);
+    let endpoint = Endpoint::from(uri)
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .keep_alive_while_idle(true);
+    // tonic's own connector would speak plain text to an https:// URL (its
+    // TLS features, which would bring a second TLS stack, are off).
+    let channel = if https {
+        endpoint.connect_with_connector_lazy(tls.connector())
+    } else {
+        endpoint.connect_lazy()
+    };
     ObservedService::client(channel, caller)
 }
 

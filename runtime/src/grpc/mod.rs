@@ -4,8 +4,10 @@
 
 pub mod client;
 mod observe;
+mod policy;
 mod server;
 pub mod status;
 
 pub use observe::{Observed, ObservedService};
+pub use policy::Enforced;
 pub use server::{CheckFuture, GrpcServer, HEALTH_SERVICE};

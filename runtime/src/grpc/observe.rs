@@ -79,6 +79,7 @@ impl Call {
                 rpc.grpc.status_code = Empty,
                 server.address = Empty,
                 server.port = Empty,
+                enduser.id = Empty,
                 nws.service = service,
             )
         };
@@ -308,7 +309,10 @@ where
         let call = Call::start(self.side, self.service, &request);
         match self.side {
             Side::Server => continue_trace(&call.span, request.headers()),
-            Side::Client => inject_headers(&call.span.context(), request.headers_mut()),
+            Side::Client => {
+                inject_headers(&call.span.context(), request.headers_mut());
+                crate::policy::authorize_upstream(request.headers_mut());
+            }
         }
         let span = call.span.clone();
         let response = self.inner.call(request).instrument(span);

@@ -2,22 +2,42 @@
 //! serves, with health and reflection, one layer stack, and a graceful drain
 //! with a deadline.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::net::TcpListener;
+use futures_util::Stream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     body::Body,
     server::NamedService,
     service::RoutesBuilder,
-    transport::{Server, server::TcpIncoming},
+    transport::{
+        Server,
+        server::{Connected, TcpConnectInfo, TcpIncoming},
+    },
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use nws_watermark::pb::FILE_DESCRIPTOR_SET;
 
-use super::observe::ServerLayer;
-use crate::shutdown::Drain;
+use super::{observe::ServerLayer, policy::PolicyLayer};
+use crate::{
+    policy::Policy,
+    shutdown::Drain,
+    tls::{Acceptors, ServerTls},
+};
 
 /// Fully-qualified name of the standard health service.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -31,6 +51,8 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     health: HealthReporter,
     health_watches: Vec<HealthWatch>,
+    tls: Option<ServerTls>,
+    policy: Policy,
 }
 
 /// The answer of a dependency check: `Err` says, for the logs, why the
@@ -57,7 +79,23 @@ impl GrpcServer {
             service_names: Vec::new(),
             health: HealthReporter::new(),
             health_watches: Vec::new(),
+            tls: None,
+            policy: Policy::open(),
         })
+    }
+
+    /// Serves gRPC over TLS only, with `tls` (when given), which may
+    /// require client certificates.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Checks every call against `policy` (tokens, scopes, rate limits),
+    /// and serves reflection only if it allows.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The address actually bound.
@@ -126,6 +164,8 @@ impl GrpcServer {
             service_names,
             health,
             health_watches,
+            tls,
+            policy,
         } = self;
 
         for watch in &health_watches {
@@ -139,19 +179,26 @@ impl GrpcServer {
             .map(|watch| tokio::spawn(watch.run(health.clone(), watches_stop.clone())))
             .collect();
 
-        routes
-            .add_service(tonic_health::pb::health_server::HealthServer::new(
-                tonic_health::server::HealthService::from_health_reporter(health.clone()),
-            ))
-            .add_service(reflection_builder(&service_names).build_v1()?)
-            .add_service(reflection_builder(&service_names).build_v1alpha()?);
+        routes.add_service(tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        ));
+        if policy.reflection() {
+            routes
+                .add_service(reflection_builder(&service_names).build_v1()?)
+                .add_service(reflection_builder(&service_names).build_v1alpha()?);
+        }
+        policy.describe(name);
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
-            .layer(layer_stack(name))
+            .layer(layer_stack(name, policy))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(routes.routes());
-        tracing::info!(service = name, addr = %local_addr, "listening");
+        tracing::info!(
+            service = name,
+            addr = %local_addr,
+            tls = ServerTls::mode(tls.as_ref()),
+            "listening"
+        );
         let report_not_serving = async {
             // Health watchers (Kubernetes probes, balancers) see NOT_SERVING
             // while the in-flight calls drain; dependency checks end first
@@ -166,14 +213,146 @@ impl GrpcServer {
                     .await;
             }
         };
-        crate::shutdown::serve_with_drain(
-            name,
-            |stop| server.serve_with_incoming_shutdown(incoming, stop),
-            shutdown,
-            report_not_serving,
-            drain,
-        )
-        .await
+        match tls {
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                crate::shutdown::serve_with_drain(
+                    name,
+                    |stop| server.serve_with_incoming_shutdown(incoming, stop),
+                    shutdown,
+                    report_not_serving,
+                    drain,
+                )
+                .await
+            }
+            Some(tls) => {
+                let incoming = tls_incoming(listener, tls.acceptors(crate::tls::ALPN_GRPC));
+                crate::shutdown::serve_with_drain(
+                    name,
+                    |stop| server.serve_with_incoming_shutdown(incoming, stop),
+                    shutdown,
+                    report_not_serving,
+                    drain,
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Handshakes under way at once on one listener; past it, new connections
+/// wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Connections whose handshake is done, waiting for the server to take them.
+const HANDSHAKEN_QUEUE: usize = 64;
+
+/// Pause after a failed accept (e.g. out of file descriptors), so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The connections of a TLS listener, handshake done. Handshakes run on
+/// tasks of their own, so a slow or failing client never holds the accept
+/// loop. The listener closes when the server drops the stream (as it stops
+/// accepting).
+fn tls_incoming(
+    listener: TcpListener,
+    mut acceptors: Acceptors,
+) -> impl Stream<Item = Result<TlsConnection, std::io::Error>> {
+    let (ready, mut connections) = mpsc::channel(HANDSHAKEN_QUEUE);
+    tokio::spawn(async move {
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let permit = tokio::select! {
+                () = ready.closed() => break,
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                () = ready.closed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let info = TcpConnectInfo {
+                local_addr: stream.local_addr().ok(),
+                remote_addr: Some(peer),
+            };
+            let acceptor = acceptors.current();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let stream = crate::tls::handshake(acceptor, stream, peer).await;
+                drop(permit);
+                if let Some(stream) = stream {
+                    let _ = ready.send(Ok(TlsConnection { stream, info })).await;
+                }
+            });
+        }
+    });
+    futures_util::stream::poll_fn(move |cx| connections.poll_recv(cx))
+}
+
+/// A TLS connection that tells tonic its TCP addresses, so that
+/// `Request::remote_addr` and the `TcpConnectInfo` extension work as
+/// without TLS.
+struct TlsConnection {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    info: TcpConnectInfo,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -229,15 +408,23 @@ fn reflection_builder(service_names: &[&'static str]) -> tonic_reflection::serve
 ///    the metadata (before anything that logs, so every line names the
 ///    trace), and its duration is counted per method and status code. It
 ///    is outermost so that refusals below are seen too.
-/// 2. (authentication) Bearer token from `authorization`: a refused caller
-///    costs nothing below.
-/// 3. (rate limits) Per caller, so it needs the identity from 2.
+/// 2. Policy: the bearer token from `authorization` (the scope the method
+///    needs, [`nws_watermark::access`]), then the caller's rate limit, which
+///    needs the identity the token gives. A refused caller costs nothing
+///    below; health and reflection are open.
 ///
-/// Slots 2–3 are where those concerns go when they land; the service's own
-/// admission control (the optimizer's bounded waiting line) stays inside
-/// the service, where it knows the cost of a call.
+/// The service's own admission control (the optimizer's bounded waiting
+/// line) stays inside the service, where it knows the cost of a call.
 fn layer_stack(
     service: &'static str,
-) -> tower::ServiceBuilder<tower::layer::util::Stack<ServerLayer, tower::layer::util::Identity>> {
-    tower::ServiceBuilder::new().layer(ServerLayer { service })
+    policy: Policy,
+) -> tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        PolicyLayer,
+        tower::layer::util::Stack<ServerLayer, tower::layer::util::Identity>,
+    >,
+> {
+    tower::ServiceBuilder::new()
+        .layer(ServerLayer { service })
+        .layer(PolicyLayer { policy })
 }

@@ -18,12 +18,13 @@ use std::{
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{Request, State},
+    extract::{ConnectInfo, MatchedPath, Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
 use clap::Args;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use nws_watermark::access::Access;
 use tokio::{
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -33,13 +34,19 @@ use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
     timeout::{RequestBodyTimeoutLayer, TimeoutBody},
     trace::TraceLayer,
 };
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::parse_duration, shutdown::Drain};
+use crate::{
+    config::parse_duration,
+    policy::{CALLER, CallInfo, HttpRules, Policy, insert_rate_limit, record_caller},
+    shutdown::Drain,
+    tls::ServerTls,
+};
 
 /// Paths every HTTP server answers for probes: never shed, so an
 /// overloaded process is not also restarted for it.
@@ -72,6 +79,7 @@ pub struct HttpServer {
     name: &'static str,
     listener: TcpListener,
     local_addr: SocketAddr,
+    tls: Option<ServerTls>,
 }
 
 impl HttpServer {
@@ -82,7 +90,15 @@ impl HttpServer {
             name,
             listener,
             local_addr,
+            tls: None,
         })
+    }
+
+    /// Serves HTTPS only, with `tls` (when given): HTTP/2 when the client
+    /// offers `h2` by ALPN, else HTTP/1.1.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The address actually bound.
@@ -90,8 +106,8 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// Serves `router` over HTTP/1.1 and HTTP/2 (h2c) until `shutdown`
-    /// completes; then `/readyz` answers 503 for the drain's delay while
+    /// Serves `router` over HTTP/1.1 and HTTP/2 (h2c, or by ALPN over TLS)
+    /// until `shutdown` completes; then `/readyz` answers 503 for the drain's delay while
     /// everything else is still served, the port closes, and in-flight
     /// requests get at most the drain's timeout.
     pub async fn run_until_stopped(
@@ -105,8 +121,15 @@ impl HttpServer {
             name,
             listener,
             local_addr,
+            tls,
         } = self;
-        tracing::info!(service = name, addr = %local_addr, "listening");
+        tracing::info!(
+            service = name,
+            addr = %local_addr,
+            tls = ServerTls::mode(tls.as_ref()),
+            "listening"
+        );
+        let tls = tls.map(|tls| tls.acceptors(crate::tls::ALPN_HTTP));
         let header_read_timeout = config.header_read_timeout;
         let draining = CancellationToken::new();
         let router = router.layer(middleware::from_fn_with_state(
@@ -115,7 +138,7 @@ impl HttpServer {
         ));
         crate::shutdown::serve_with_drain(
             name,
-            |stop| serve::serve(listener, router, header_read_timeout, stop),
+            |stop| serve::serve(listener, tls, router, header_read_timeout, stop),
             shutdown,
             async move { draining.cancel() },
             drain,
@@ -148,19 +171,34 @@ async fn not_ready_while_draining(
 /// 2. observation: request duration per route template and status, and the
 ///    response names its trace (`traceparent`, `x-trace-id`);
 /// 3. a panic becomes a JSON 500 instead of a dropped connection;
-/// 4. (authentication, then rate limits per caller) refused requests cost
-///    nothing below;
+/// 4. CORS for the origins NWS_CORS_ORIGINS lists: preflights are answered
+///    here, before any token is asked for, and refusals below still carry
+///    the headers a page needs to read them;
 /// 5. load shedding answers 503 at once past the concurrency bound, before
-///    any work (probes are never shed);
-/// 6. a stalled request body fails after NWS_BODY_READ_TIMEOUT;
-/// 7. JSON and text responses are compressed (gzip, br, zstd) when the
+///    any work (probes are never shed), tokens included: an overloaded
+///    server spends nothing on signatures, and a shed request takes
+///    nothing from its caller's rate limit;
+/// 6. policy: the token (or signed link) the route's rule asks for, then
+///    the caller's rate limit, which needs the identity the token gives;
+///    refused requests cost nothing below, and the caller goes into the
+///    request's extensions, the span and the task (to forward its token);
+/// 7. a stalled request body fails after NWS_BODY_READ_TIMEOUT;
+/// 8. JSON and text responses are compressed (gzip, br, zstd) when the
 ///    client asks; images never are, they are compressed already.
 ///
 /// Unknown routes and methods get JSON errors too.
 ///
-/// `service` names the server in spans and metrics.
-pub fn layer_stack(router: Router, service: &'static str, config: &HttpConfig) -> Router {
+/// `service` names the server in spans and metrics; `rules` say what each
+/// route needs.
+pub fn layer_stack(
+    router: Router,
+    service: &'static str,
+    config: &HttpConfig,
+    policy: &Policy,
+    rules: HttpRules,
+) -> Router {
     let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+    let enforcing = Arc::new((policy.clone(), rules));
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -169,11 +207,103 @@ pub fn layer_stack(router: Router, service: &'static str, config: &HttpConfig) -
                 .layer(TraceLayer::new_for_http().make_span_with(observe::MakeRequestSpan { service }))
                 .layer(middleware::from_fn_with_state(service, observe::observe))
                 .layer(CatchPanicLayer::custom(panic_response))
+                .option_layer(cors(policy.cors_origins()))
                 .layer(middleware::from_fn_with_state(permits, shed_load))
+                .layer(middleware::from_fn_with_state(enforcing, enforce_policy))
                 .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
                 .map_request(|request: Request<TimeoutBody<Body>>| request.map(Body::new))
                 .layer(CompressionLayer::new()),
         )
+}
+
+/// Web pages from `origins` may call the API, with credentials, and read
+/// the headers that explain an answer; nothing when none are listed.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let exposed = [
+        "server-timing",
+        "x-cache",
+        "x-trace-id",
+        "traceparent",
+        "ratelimit",
+        "ratelimit-policy",
+        "retry-after",
+        "content-location",
+        "link",
+        "location",
+        "x-image-width",
+        "x-image-height",
+        "x-original-sha256",
+    ];
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
+                HeaderName::from_static("prefer"),
+            ])
+            .expose_headers(exposed.map(HeaderName::from_static))
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Lets a request through when the route's rule is met: a token with the
+/// scope, or a signed link where the route takes them, then a token from
+/// the caller's bucket.
+async fn enforce_policy(
+    State(enforcing): State<Arc<(Policy, HttpRules)>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let (policy, rules) = &*enforcing;
+    let template = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let rule = rules.get(request.method(), template);
+    if rule.access == Access::Open {
+        return next.run(request).await;
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let info = CallInfo {
+        headers: request.headers(),
+        path: request.uri().path(),
+        query: request.uri().query(),
+        peer,
+        signed_links: rule.signed_links,
+    };
+    let admitted = match policy.admit(rule.access, &info).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let mut response = json_error(refusal.http_status(), refusal.code(), &refusal.message());
+            response.headers_mut().extend(refusal.http_headers());
+            return response;
+        }
+    };
+    record_caller(&admitted);
+    if let Some(caller) = &admitted.caller {
+        request.extensions_mut().insert(caller.clone());
+    }
+    let mut response = CALLER.scope(admitted.caller, next.run(request)).await;
+    if let Some(state) = admitted.rate_limit {
+        insert_rate_limit(
+            response.headers_mut(),
+            state.class,
+            state.rate,
+            state.remaining,
+            state.reset,
+        );
+    }
+    response
 }
 
 /// Refuses a request when NWS_MAX_CONCURRENT_REQUESTS are already in

@@ -81,6 +81,10 @@ fn describe() {
         "nws_trace_spans_total",
         "Finished spans by what became of them: exported, or dropped (queue full, export failed, shutdown)"
     );
+    describe_counter!(
+        "nws_rate_limit_decisions_total",
+        "Calls checked against a caller's rate limit, by bucket (upload, read) and outcome (allowed, limited)"
+    );
     describe_gauge!(
         "nws_build_info",
         "1, labelled with the version and pipeline version"

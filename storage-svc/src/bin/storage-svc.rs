@@ -3,6 +3,7 @@ use std::{net::SocketAddr, process::ExitCode};
 use clap::Parser;
 use nws_runtime::{
     config::{CommonConfig, parse_or_exit},
+    policy::{Policy, Role},
     telemetry::{STORAGE, Services},
 };
 use storage_svc::StorageConfig;
@@ -22,7 +23,12 @@ async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     let admin = SocketAddr::from(([127, 0, 0, 1], 9466));
     nws_runtime::process::run(Services(&[STORAGE]), &cli.common, Some(admin), async |shutdown| {
-        let app = storage_svc::build(cli.storage).await?;
+        let tls = cli.common.tls.load()?;
+        let policy = Policy::build(&cli.common.policy, Role::Service, shutdown.clone()).await?;
+        let app = storage_svc::build(cli.storage)
+            .await?
+            .with_tls(tls)
+            .with_policy(policy);
         app.run_until_stopped(shutdown.cancelled_owned(), cli.common.drain())
             .await
     })
