@@ -13,6 +13,8 @@ DURATION="${1:-8}"
 ROUNDS="${2:-5}"
 # shellcheck source=benches/oha.sh
 source benches/oha.sh
+# shellcheck source=benches/mesh.sh
+source benches/mesh.sh
 CACHE="${NWS_CACHE_DIR:-$HOME/.cache/nws-watermark}"
 export NWS_TEST_PYTHON="${NWS_TEST_PYTHON:-$CACHE/tools/venv/bin/python}"
 cargo build --release --locked -p nws-mesh >&2
@@ -20,10 +22,8 @@ cargo build --release --locked -p nws-runtime --example mint_token --features te
 PHOTO="${NWS_TEST_IMAGES:-../shared/testdata/images}/kleiber_4000x3000.jpg"
 
 WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'stop_meshes; kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-# shellcheck source=benches/mesh.sh
-source benches/mesh.sh
 MINT="$CARGO_TARGET_DIR/release/examples/mint_token"
 ES_TOKEN="$("$MINT" "$WORK/es.json" ES256 images:read images:write)"
 RS_TOKEN="$("$MINT" "$WORK/rs.json" RS256 images:read images:write)"

@@ -14,19 +14,19 @@ DURATION="${1:-8}"
 IMAGES="${2:-30}"
 # shellcheck source=benches/oha.sh
 source benches/oha.sh
+# shellcheck source=benches/mesh.sh
+source benches/mesh.sh
 cargo build --release --locked -p nws-mesh >&2
 cargo build --release --locked -p nws-runtime --example otlp_sink --features test-support >&2
 PHOTO="${NWS_TEST_IMAGES:-../shared/testdata/images}/kleiber_4000x3000.jpg"
 
 WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'stop_meshes; kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 coproc SINK { exec "$CARGO_TARGET_DIR/release/examples/otlp_sink"; }
 read -r SINK_ADDR <&"${SINK[0]}"
 spans_received() { echo >&"${SINK[1]}"; read -r count <&"${SINK[0]}"; echo "$count"; }
 
-# shellcheck source=benches/mesh.sh
-source benches/mesh.sh
 OFF="$(start_mesh off)"
 ON="$(start_mesh on OTEL_EXPORTER_OTLP_ENDPOINT="http://$SINK_ADDR" OTEL_TRACES_SAMPLER=always_on)"
 # What operators usually run: one request in ten sampled (the default

@@ -79,7 +79,6 @@ impl Call {
                 rpc.grpc.status_code = Empty,
                 server.address = Empty,
                 server.port = Empty,
-                enduser.id = Empty,
                 nws.service = service,
             )
         };

@@ -48,7 +48,6 @@ impl<B> tower_http::trace::MakeSpan<B> for MakeRequestSpan {
             url.path = path,
             url.query = query.as_deref(),
             http.response.status_code = Empty,
-            enduser.id = Empty,
             nws.service = self.service,
         );
         continue_trace(&span, request.headers());

@@ -9,8 +9,12 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher as _, RandomState},
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -58,6 +62,7 @@ pub struct Claims {
 #[derive(Deserialize)]
 struct RawClaims {
     sub: Option<String>,
+    exp: Option<u64>,
     /// OAuth 2.0's space-separated `scope` (RFC 8693), or a list (`scp`, as
     /// some issuers write it).
     #[serde(default)]
@@ -208,6 +213,9 @@ const MAX_JWKS_BYTES: usize = 1 << 20;
 /// does not have (a rotation the refresh has not seen yet).
 struct Jwks {
     source: JwksSource,
+    /// Changes whenever the keys do, so that tokens verified with a key
+    /// since removed are verified again.
+    generation: AtomicU64,
     http: reqwest::Client,
     keys: RwLock<Arc<KeySet>>,
     last_fetch: Mutex<Instant>,
@@ -248,13 +256,10 @@ impl Jwks {
         *self.last_fetch.lock().expect("never poisoned") = Instant::now();
         let set = self.fetch().await?;
         let count = set.len();
+        let kids: Vec<String> = set.by_kid.keys().cloned().collect();
         let previous = std::mem::replace(&mut *self.keys.write().expect("never poisoned"), Arc::new(set));
-        if previous.len() != count
-            || !previous
-                .by_kid
-                .keys()
-                .all(|kid| self.current().by_kid.contains_key(kid))
-        {
+        if previous.len() != count || !kids.iter().all(|kid| previous.by_kid.contains_key(kid)) {
+            self.generation.fetch_add(1, Ordering::Relaxed);
             tracing::info!(source = %self.source, keys = count, "JWKS keys changed");
         }
         Ok(())
@@ -292,6 +297,7 @@ enum Keys {
 pub struct Verifier {
     keys: Keys,
     settings: VerifierSettings,
+    verified: Verified,
 }
 
 impl Verifier {
@@ -303,6 +309,7 @@ impl Verifier {
                 algorithms: vec![Algorithm::HS256],
             }),
             settings,
+            verified: Verified::new(),
         }
     }
 
@@ -320,6 +327,7 @@ impl Verifier {
             .context("building the JWKS client")?;
         let jwks = Jwks {
             source,
+            generation: AtomicU64::new(0),
             http,
             keys: RwLock::new(Arc::default()),
             last_fetch: Mutex::new(Instant::now()),
@@ -348,6 +356,7 @@ impl Verifier {
         Ok(Self {
             keys: Keys::Jwks(jwks),
             settings,
+            verified: Verified::new(),
         })
     }
 
@@ -370,8 +379,34 @@ impl Verifier {
         format!("{keys}; issuer {issuer}; audience {audience}")
     }
 
-    /// Verifies `token` and returns what it says.
-    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// Verifies `token` and returns what it says. A client sends the same
+    /// token with every request until it expires, so a token verified
+    /// once is remembered until then (at most five minutes, and only while
+    /// the keys stay the same): its signature, tens of microseconds for
+    /// ES256, is checked once.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let generation = self.generation();
+        let now = unix_now();
+        if let Some(claims) = self.verified.get(token, generation, now) {
+            return Ok(claims);
+        }
+        let (claims, expires) = self.verify_signed(token).await?;
+        let claims = Arc::new(claims);
+        if let Some(expires) = expires {
+            self.verified
+                .insert(token, &claims, generation, expires.min(now + MAX_REMEMBERED_SECS));
+        }
+        Ok(claims)
+    }
+
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            Keys::Secret(_) => 0,
+            Keys::Jwks(jwks) => jwks.generation.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<(Claims, Option<u64>), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             // `none` (or anything else unknown) is no algorithm at all.
             ErrorKind::Json(_) if header_names_alg_none(token) => TokenError::Algorithm("none".to_owned()),
@@ -416,10 +451,11 @@ impl Verifier {
             .or(claims.scp)
             .map(ScopeClaim::into_scopes)
             .unwrap_or_default();
-        Ok(Claims {
+        let verified = Claims {
             sub: claims.sub.ok_or(TokenError::MissingClaim("sub"))?,
             scopes,
-        })
+        };
+        Ok((verified, claims.exp))
     }
 
     async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<VerifyingKey, TokenError> {
@@ -462,6 +498,79 @@ impl Verifier {
     }
 }
 
+/// The longest a verified token is remembered, whatever its `exp`.
+const MAX_REMEMBERED_SECS: u64 = 300;
+
+/// Tokens remembered per shard; a full shard forgets its expired tokens,
+/// or all of them.
+const REMEMBERED_PER_SHARD: usize = 1024;
+
+const VERIFIED_SHARDS: usize = 16;
+
+/// Tokens whose signature and claims were checked, by the whole token
+/// (compared in full: a hash alone would let a collision pass), until
+/// their `exp`.
+struct Verified {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<u64, Remembered>>]>,
+}
+
+struct Remembered {
+    token: Box<str>,
+    claims: Arc<Claims>,
+    generation: u64,
+    until: u64,
+}
+
+impl Verified {
+    fn new() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..VERIFIED_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> (u64, &Mutex<HashMap<u64, Remembered>>) {
+        let hash = self.hasher.hash_one(token);
+        (hash, &self.shards[(hash as usize) % VERIFIED_SHARDS])
+    }
+
+    fn get(&self, token: &str, generation: u64, now: u64) -> Option<Arc<Claims>> {
+        let (hash, shard) = self.shard(token);
+        let shard = shard.lock().expect("never poisoned");
+        let remembered = shard.get(&hash)?;
+        (remembered.generation == generation && now < remembered.until && &*remembered.token == token)
+            .then(|| remembered.claims.clone())
+    }
+
+    fn insert(&self, token: &str, claims: &Arc<Claims>, generation: u64, until: u64) {
+        let (hash, shard) = self.shard(token);
+        let mut shard = shard.lock().expect("never poisoned");
+        if shard.len() >= REMEMBERED_PER_SHARD {
+            let now = unix_now();
+            shard.retain(|_, r| now < r.until && r.generation == generation);
+            if shard.len() >= REMEMBERED_PER_SHARD {
+                shard.clear();
+            }
+        }
+        shard.insert(
+            hash,
+            Remembered {
+                token: token.into(),
+                claims: claims.clone(),
+                generation,
+                until,
+            },
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
 fn accepting(key: &VerifyingKey, alg: Algorithm) -> Result<&VerifyingKey, TokenError> {
     if key.algorithms.contains(&alg) {
         Ok(key)
@@ -483,4 +592,34 @@ fn header_names_alg_none(token: &str) -> bool {
         .ok()
         .and_then(|v| v.get("alg")?.as_str().map(|alg| alg.eq_ignore_ascii_case("none")))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_token_is_remembered_only_while_valid_and_while_the_keys_stay() {
+        let verified = Verified::new();
+        let claims = Arc::new(Claims {
+            sub: "alice".into(),
+            scopes: vec!["images:read".into()],
+        });
+        verified.insert("header.payload.sig", &claims, 7, 1_000);
+        assert_eq!(verified.get("header.payload.sig", 7, 999), Some(claims));
+        assert_eq!(verified.get("header.payload.sig", 7, 1_000), None, "expired");
+        assert_eq!(
+            verified.get("header.payload.sig", 8, 999),
+            None,
+            "the keys changed"
+        );
+        assert_eq!(verified.get("header.payload.sih", 7, 999), None, "another token");
+    }
+
+    #[test]
+    fn alg_none_is_named_as_such() {
+        let token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.";
+        assert!(header_names_alg_none(token));
+        assert!(!header_names_alg_none("eyJhbGciOiJIUzI1NiJ9.e30.sig"));
+    }
 }

@@ -16,7 +16,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, Hash, RandomState},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -113,11 +113,11 @@ impl Buckets {
     }
 
     /// Takes one request from `identity`'s bucket.
-    pub fn check(&self, identity: &str) -> Decision {
+    pub fn check(&self, identity: &(impl Hash + ?Sized)) -> Decision {
         self.check_at(identity, self.now())
     }
 
-    fn check_at(&self, identity: &str, now: u64) -> Decision {
+    fn check_at(&self, identity: &(impl Hash + ?Sized), now: u64) -> Decision {
         let hash = self.hasher.hash_one(identity);
         let mut shard = self.shards[(hash as usize) % SHARDS]
             .lock()

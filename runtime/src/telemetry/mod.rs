@@ -192,7 +192,7 @@ fn sampler_problem(sampler: Option<&str>, arg: Option<&str>) -> Option<String> {
 
 /// Adds an attribute to `span`'s OpenTelemetry span that its `tracing`
 /// fields did not declare (e.g. set by code the span's maker does not know).
-pub fn set_attribute(span: &tracing::Span, key: &'static str, value: &'static str) {
+pub fn set_attribute(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     span.set_attribute(key, value);
 }
