@@ -273,6 +273,11 @@ async fn grpcurl_calls_with_a_token_and_lists_without_one() {
         "watermark.v1.Storage/Stat",
     ]);
     assert!(answered.contains("Code: NotFound"), "{answered}");
+
+    // NWS_REFLECTION=false: the API is not described to anyone.
+    let (_dir, hidden) = storage_alone(&[("NWS_REFLECTION", "false")]);
+    let listed = grpcurl(&["-plaintext", &hidden.addr("storage").to_string(), "list"]);
+    assert!(listed.contains("does not support the reflection API"), "{listed}");
 }
 
 /// A static file server (Python's) publishing `dir`, as an issuer's
