@@ -34,8 +34,10 @@ pub mod testing;
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Binds a server's listener first (port 0 picks a free port), so that it
 /// can report the address it really has before it serves.
@@ -45,4 +47,26 @@ async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<(TcpListen
         .with_context(|| format!("{name}: cannot listen on {addr}"))?;
     let local_addr = listener.local_addr()?;
     Ok((listener, local_addr))
+}
+
+/// Pause after a failed accept (e.g. out of file descriptors), so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The next connection of every server's accept loop (HTTP, and gRPC over
+/// TLS), with Nagle off. A failed accept is the server's condition, not a
+/// client's: it is logged and retried after a pause. Cancel-safe.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
 }

@@ -12,13 +12,13 @@ use std::{
     time::Duration,
 };
 
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt as _};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{Semaphore, mpsc},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{either::Either, sync::CancellationToken};
 use tonic::{
     body::Body,
     server::NamedService,
@@ -213,32 +213,27 @@ impl GrpcServer {
                     .await;
             }
         };
-        match tls {
-            None => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                crate::shutdown::serve_with_drain(
-                    name,
-                    |stop| server.serve_with_incoming_shutdown(incoming, stop),
-                    shutdown,
-                    report_not_serving,
-                    drain,
-                )
-                .await
-            }
-            Some(tls) => {
-                let incoming = tls_incoming(listener, tls.acceptors(crate::tls::ALPN_GRPC));
-                crate::shutdown::serve_with_drain(
-                    name,
-                    |stop| server.serve_with_incoming_shutdown(incoming, stop),
-                    shutdown,
-                    report_not_serving,
-                    drain,
-                )
-                .await
-            }
-        }
+        let incoming: Incoming = match tls {
+            None => Box::pin(
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map_ok(Connection::plain),
+            ),
+            Some(tls) => Box::pin(tls_incoming(listener, tls.acceptors(crate::tls::ALPN_GRPC))),
+        };
+        crate::shutdown::serve_with_drain(
+            name,
+            |stop| server.serve_with_incoming_shutdown(incoming, stop),
+            shutdown,
+            report_not_serving,
+            drain,
+        )
+        .await
     }
 }
+
+/// The connections a gRPC server takes, plain or TLS alike.
+type Incoming = Pin<Box<dyn Stream<Item = Result<Connection, std::io::Error>> + Send>>;
 
 /// Handshakes under way at once on one listener; past it, new connections
 /// wait in the kernel's backlog.
@@ -247,10 +242,6 @@ const MAX_HANDSHAKES: usize = 256;
 /// Connections whose handshake is done, waiting for the server to take them.
 const HANDSHAKEN_QUEUE: usize = 64;
 
-/// Pause after a failed accept (e.g. out of file descriptors), so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// The connections of a TLS listener, handshake done. Handshakes run on
 /// tasks of their own, so a slow or failing client never holds the accept
 /// loop. The listener closes when the server drops the stream (as it stops
@@ -258,7 +249,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 fn tls_incoming(
     listener: TcpListener,
     mut acceptors: Acceptors,
-) -> impl Stream<Item = Result<TlsConnection, std::io::Error>> {
+) -> impl Stream<Item = Result<Connection, std::io::Error>> + Send {
     let (ready, mut connections) = mpsc::channel(HANDSHAKEN_QUEUE);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -272,16 +263,8 @@ fn tls_incoming(
             };
             let (stream, peer) = tokio::select! {
                 () = ready.closed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                },
+                accepted = crate::accept(&listener) => accepted,
             };
-            let _ = stream.set_nodelay(true);
             let info = TcpConnectInfo {
                 local_addr: stream.local_addr().ok(),
                 remote_addr: Some(peer),
@@ -292,7 +275,12 @@ fn tls_incoming(
                 let stream = crate::tls::handshake(acceptor, stream, peer).await;
                 drop(permit);
                 if let Some(stream) = stream {
-                    let _ = ready.send(Ok(TlsConnection { stream, info })).await;
+                    let _ = ready
+                        .send(Ok(Connection {
+                            stream: Either::Right(stream),
+                            info,
+                        }))
+                        .await;
                 }
             });
         }
@@ -300,15 +288,25 @@ fn tls_incoming(
     futures_util::stream::poll_fn(move |cx| connections.poll_recv(cx))
 }
 
-/// A TLS connection that tells tonic its TCP addresses, so that
-/// `Request::remote_addr` and the `TcpConnectInfo` extension work as
-/// without TLS.
-struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+/// A connection, plain or TLS, that tells tonic its TCP addresses, so that
+/// `Request::remote_addr` and the `TcpConnectInfo` extension work the same
+/// with TLS and without.
+struct Connection {
+    stream: Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>,
     info: TcpConnectInfo,
 }
 
-impl Connected for TlsConnection {
+impl Connection {
+    fn plain(stream: TcpStream) -> Self {
+        let info = stream.connect_info();
+        Self {
+            stream: Either::Left(stream),
+            info,
+        }
+    }
+}
+
+impl Connected for Connection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
@@ -316,7 +314,7 @@ impl Connected for TlsConnection {
     }
 }
 
-impl AsyncRead for TlsConnection {
+impl AsyncRead for Connection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -326,7 +324,7 @@ impl AsyncRead for TlsConnection {
     }
 }
 
-impl AsyncWrite for TlsConnection {
+impl AsyncWrite for Connection {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

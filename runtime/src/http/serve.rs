@@ -24,10 +24,6 @@ use tower::ServiceExt as _;
 
 use crate::tls::{self, Acceptors};
 
-/// Pause after a failed accept (e.g. out of file descriptors), so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// Serves `router` (over TLS when `tls` is given) until `stop` completes,
 /// then waits for the connections still open to finish their requests.
 /// Each request carries its client's address as `ConnectInfo<SocketAddr>`.
@@ -53,16 +49,8 @@ pub(super) async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+            accepted = crate::accept(&listener) => accepted,
         };
-        let _ = stream.set_nodelay(true);
         let router = router.clone();
         // Taken before the handshake, so that a drain waits for (at most
         // HANDSHAKE_TIMEOUT of) a handshake under way too.
