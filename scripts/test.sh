@@ -69,6 +69,110 @@ else
 fi
 echo "NWS_TEST_REDIS_URL=$NWS_TEST_REDIS_URL ($(redis-server --version | cut -d' ' -f1-3))"
 
+step "RabbitMQ: the machine's on 127.0.0.1:5672, or a private one when none answers"
+# The start script itself: /usr/sbin/rabbitmq-server is a wrapper that, run
+# as root, switches to the rabbitmq user, who cannot use the tests' temp
+# directories. Tests start private nodes with it (NWS_RABBITMQ_SERVER).
+rabbitmq_server() {
+  local script
+  for script in /usr/lib/rabbitmq/bin/rabbitmq-server "$(command -v rabbitmq-server || true)" /usr/sbin/rabbitmq-server; do
+    [ -n "$script" ] && [ -x "$script" ] && { echo "$script"; return 0; }
+  done
+  return 1
+}
+if ! rabbitmq_server >/dev/null; then
+  echo "installing: rabbitmq-server"
+  if ! system_install rabbitmq-server || ! rabbitmq_server >/dev/null; then
+    cat >&2 <<'HELP'
+error: the tests need rabbitmq-server, and this user cannot install packages
+(neither root nor password-less sudo). Install it, then run this again:
+  Debian, Ubuntu:  sudo apt-get install rabbitmq-server
+  Fedora:          sudo dnf install rabbitmq-server
+HELP
+    exit 1
+  fi
+fi
+NWS_RABBITMQ_SERVER="$(rabbitmq_server)"
+export NWS_RABBITMQ_SERVER
+# A broker answers the AMQP 0-9-1 protocol header with a Connection.Start
+# method frame: type 1, channel 0, a 4-byte size, class 10, method 10.
+amqp_answers() {
+  local reply
+  reply="$( (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'AMQP\x00\x00\x09\x01' >&3 &&
+    timeout 5 head -c 11 <&3 | od -An -tx1 | tr -d ' \n') 2>/dev/null)" || true
+  [[ "$reply" =~ ^010000[0-9a-f]{8}000a000a$ ]]
+}
+# Runs after the traps set before (the private Redis's) instead of
+# replacing them.
+add_exit_trap() {
+  local current=()
+  eval "current=($(trap -p EXIT))"
+  # shellcheck disable=SC2064 # expanded now, on purpose
+  trap "${current[2]:+${current[2]}; }$1" EXIT
+}
+if amqp_answers 5672; then
+  export NWS_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
+else
+  # A node of this run's own, as runtime/src/testing/rabbit.rs starts them:
+  # its own name, ports, data, settings and Erlang cookie (HOME), run
+  # from the start script in the foreground, in a process group of its
+  # own so that the exit kills beam.smp too. Ports the system calls free
+  # are taken, and others if the node finds one taken by then.
+  RABBIT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/nws-rabbit-run.XXXXXX")"
+  printf '' >"$RABBIT_DIR/rabbitmq-env.conf"
+  printf 'log.file.level = info\nlog.console = false\n' >"$RABBIT_DIR/rabbitmq.conf"
+  printf '[].\n' >"$RABBIT_DIR/advanced.config"
+  printf '[].\n' >"$RABBIT_DIR/enabled_plugins"
+  RABBIT_PID=
+  add_exit_trap 'if [ -n "$RABBIT_PID" ]; then kill -KILL -- "-$RABBIT_PID" 2>/dev/null || true; fi; rm -rf "$RABBIT_DIR"'
+  for _ in 1 2 3 4 5; do
+    read -r RABBIT_PORT RABBIT_DIST_PORT < <(python3 -c 'import socket
+s, t = socket.socket(), socket.socket()
+s.bind(("127.0.0.1", 0)); t.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], t.getsockname()[1])')
+    set -m # a process group of its own
+    (
+      cd "$RABBIT_DIR"
+      for variable in $(compgen -e | grep '^RABBITMQ_' || true); do unset "$variable"; done
+      export HOME="$RABBIT_DIR" ERL_EPMD_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODENAME="nws-test-run-$$@localhost" \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT="$RABBIT_PORT" \
+        RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT" \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        RABBITMQ_MNESIA_BASE="$RABBIT_DIR/mnesia" \
+        RABBITMQ_LOG_BASE="$RABBIT_DIR/log" \
+        RABBITMQ_CONF_ENV_FILE="$RABBIT_DIR/rabbitmq-env.conf" \
+        RABBITMQ_CONFIG_FILE="$RABBIT_DIR/rabbitmq.conf" \
+        RABBITMQ_ADVANCED_CONFIG_FILE="$RABBIT_DIR/advanced.config" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins"
+      exec "$NWS_RABBITMQ_SERVER" </dev/null >>"$RABBIT_DIR/console.log" 2>&1
+    ) &
+    RABBIT_PID=$!
+    set +m
+    disown "$RABBIT_PID" # killed on purpose at the exit: no job report
+    # About 6 s on a quiet machine; a minute bounds a failing start.
+    deadline=$((SECONDS + 60))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+      amqp_answers "$RABBIT_PORT" && break
+      kill -0 "$RABBIT_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    amqp_answers "$RABBIT_PORT" && kill -0 "$RABBIT_PID" 2>/dev/null && break
+    kill -KILL -- "-$RABBIT_PID" 2>/dev/null || true
+    grep -qs eaddrinuse "$RABBIT_DIR/console.log" "$RABBIT_DIR"/log/*.log || break
+    rm -rf "${RABBIT_DIR:?}/mnesia" "${RABBIT_DIR:?}/log" "$RABBIT_DIR/console.log"
+  done
+  if ! amqp_answers "$RABBIT_PORT"; then
+    echo "the private RabbitMQ node did not start; its output:" >&2
+    tail -n 40 "$RABBIT_DIR/console.log" "$RABBIT_DIR"/log/*.log >&2 2>/dev/null || true
+    exit 1
+  fi
+  export NWS_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$RABBIT_PORT/%2f"
+fi
+echo "NWS_TEST_AMQP_URL=$NWS_TEST_AMQP_URL"
+echo "NWS_RABBITMQ_SERVER=$NWS_RABBITMQ_SERVER ($(readlink -f "$NWS_RABBITMQ_SERVER"))"
+
 step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator, prometheus-client (the text format parser), cryptography (RSA keys for the token tests)"
 VENV="$TOOLS/venv"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -10,6 +10,8 @@ pub const IMAGES_WRITE: &str = "images:write";
 pub const IMAGES_READ: &str = "images:read";
 /// Scope to remove stored objects (`Storage.Delete`).
 pub const STORAGE_ADMIN: &str = "storage:admin";
+/// Scope to list and replay dead-lettered jobs (`/v1/admin/dead-jobs`).
+pub const JOBS_ADMIN: &str = "jobs:admin";
 /// Scope to scrape `/metrics` on a public port.
 pub const METRICS_READ: &str = "metrics:read";
 

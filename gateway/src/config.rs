@@ -2,9 +2,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
 use nws_runtime::{
-    config::{SecretUrl, parse_duration, parse_size, parse_size_or_zero},
+    config::{SecretUrl, parse_duration, parse_redis_url, parse_size, parse_size_or_zero},
     http::HttpConfig,
 };
+
+use crate::breaker::BreakerConfig;
 
 /// Gateway settings; flags with `NWS_*` environment fallbacks. Where the
 /// upstreams are is the binary's to say (the gateway alone needs both
@@ -63,13 +65,15 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     pub http: HttpConfig,
-}
 
-fn parse_redis_url(value: &str) -> Result<SecretUrl, String> {
-    match value.split_once("://") {
-        Some(("redis" | "rediss" | "redis+unix" | "unix", rest)) if !rest.is_empty() => {
-            Ok(SecretUrl::new(value))
-        }
-        _ => Err("expected redis://[:password@]host:port[/db]".to_owned()),
-    }
+    #[command(flatten)]
+    pub breaker: BreakerConfig,
+
+    #[command(flatten)]
+    pub jobs: nws_jobs::JobsConfig,
+
+    /// Interval of the comments that keep an idle job event stream
+    /// (`/v1/jobs/{id}/events`) open through proxies.
+    #[arg(long, env = "NWS_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub sse_heartbeat: Duration,
 }

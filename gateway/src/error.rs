@@ -6,15 +6,26 @@
 //! the gateway's own words for the code, or the text the upstream marked
 //! as meant for end users (`google.rpc.LocalizedMessage`), such as which
 //! image limit was passed.
+//!
+//! An optimizer that cannot take the work now (its waiting line is full:
+//! RESOURCE_EXHAUSTED; or its circuit breaker is open) answers 503 with
+//! `Retry-After`, as does every 503: 429 is only ever a client over its own
+//! rate limit, which the policy layer answers.
+
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header};
 use nws_runtime::{
     grpc::status::user_message,
     http::{code_name, http_status, json_error},
 };
 use nws_watermark::{media, stream::StreamError};
 use tonic::Code;
+use tonic_types::StatusExt as _;
+
+/// `Retry-After` of a 503 that carries no better hint.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Which upstream a gRPC error came from, for messages and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +83,31 @@ pub enum ApiError {
     NotFound(String),
 
     #[error("the request body stalled for longer than {0:?} (NWS_BODY_READ_TIMEOUT)")]
-    BodyTimeout(std::time::Duration),
+    BodyTimeout(Duration),
+
+    /// Not called: the upstream's circuit breaker is open (or every trial
+    /// call of a half-open one is under way).
+    #[error("{upstream} not called: its circuit breaker is open (NWS_BREAKER_*); retry in {retry_after:?}")]
+    BreakerOpen {
+        upstream: Upstream,
+        retry_after: Duration,
+    },
+
+    /// Not called: the upstream's last refusal (RESOURCE_EXHAUSTED with
+    /// `google.rpc.RetryInfo`) asked to wait until later.
+    #[error("{upstream} not called: it refused work as busy, asking to wait; retry in {retry_after:?}")]
+    Busy {
+        upstream: Upstream,
+        retry_after: Duration,
+    },
+
+    /// Job routes on a gateway without a queue.
+    #[error("there is no job queue here (NWS_AMQP_URL is not set)")]
+    NoQueue,
+
+    /// The broker did not persist a job: never answered 202.
+    #[error("{0}")]
+    QueueUnavailable(String),
 }
 
 impl ApiError {
@@ -98,8 +133,57 @@ impl ApiError {
         }
     }
 
+    /// Whether this says the optimizer cannot serve now, though the request
+    /// itself is fine: the same work may succeed later (queued, retried).
+    /// True for an open breaker, a busy optimizer (RESOURCE_EXHAUSTED, or
+    /// its last refusal's wait not over), and an outage: UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, UNKNOWN, a broken connection.
+    pub fn optimizer_cannot_serve(&self) -> bool {
+        match self {
+            ApiError::BreakerOpen { upstream, .. } | ApiError::Busy { upstream, .. } => {
+                *upstream == Upstream::Optimizer
+            }
+            ApiError::Upstream {
+                upstream: Upstream::Optimizer,
+                status,
+            } => status.code() == Code::ResourceExhausted || is_outage(status),
+            _ => false,
+        }
+    }
+
+    /// Whether `from` failed in a way that says it cannot serve at all
+    /// (UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, a transport error): what
+    /// counts against its circuit breaker. A refusal of the request
+    /// (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED,
+    /// FAILED_PRECONDITION) or of the load (RESOURCE_EXHAUSTED) is an
+    /// answer: the upstream is there.
+    pub fn is_outage_of(&self, from: Upstream) -> bool {
+        matches!(self, ApiError::Upstream { upstream, status } if *upstream == from && is_outage(status))
+    }
+
+    /// How long to wait before trying again, when something says: the
+    /// upstream's `google.rpc.RetryInfo`, the rest of the breaker's
+    /// cool-down, or of the wait the optimizer's last refusal asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::BreakerOpen { retry_after, .. } | ApiError::Busy { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            ApiError::Upstream { status, .. } => {
+                status.get_details_retry_info().and_then(|info| info.retry_delay)
+            }
+            _ => None,
+        }
+    }
+
     fn code_and_status(&self) -> (Code, StatusCode) {
         match self {
+            ApiError::Upstream {
+                upstream: Upstream::Optimizer,
+                status,
+            } if status.code() == Code::ResourceExhausted => {
+                (Code::ResourceExhausted, StatusCode::SERVICE_UNAVAILABLE)
+            }
             ApiError::Upstream { status, .. } => (status.code(), http_status(status.code())),
             ApiError::BadRequest(_) => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
             ApiError::UnsupportedMedia { .. } => (Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE),
@@ -107,7 +191,28 @@ impl ApiError {
             ApiError::Protocol { .. } => (Code::Internal, StatusCode::BAD_GATEWAY),
             ApiError::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND),
             ApiError::BodyTimeout(_) => (Code::DeadlineExceeded, StatusCode::REQUEST_TIMEOUT),
+            ApiError::BreakerOpen { .. } => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::Busy { .. } => (Code::ResourceExhausted, StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::NoQueue => (Code::NotFound, StatusCode::NOT_FOUND),
+            ApiError::QueueUnavailable(_) => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         }
+    }
+
+    /// The gateway's own refusals to call the optimizer, and its own
+    /// refusal of work, are expected under load: logged as refusals, not
+    /// failures (each opening of the breaker is logged once, with why).
+    fn is_refusal(&self) -> bool {
+        match self {
+            ApiError::BreakerOpen { .. } | ApiError::Busy { .. } => true,
+            ApiError::Upstream { status, .. } if status.code() == Code::ResourceExhausted => true,
+            _ => !self.code_and_status().1.is_server_error(),
+        }
+    }
+
+    /// The `Retry-After` of the response: every 503 has one.
+    fn retry_after_header(&self, status: StatusCode) -> Option<Duration> {
+        self.retry_after()
+            .or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(DEFAULT_RETRY_AFTER))
     }
 
     /// What the HTTP client reads.
@@ -117,6 +222,21 @@ impl ApiError {
                 user_message(status).unwrap_or_else(|| stable_message(*upstream, status.code()))
             }
             ApiError::Protocol { upstream, .. } => format!("the {upstream} service answered incorrectly"),
+            ApiError::BreakerOpen {
+                upstream,
+                retry_after,
+            } => format!(
+                "the {upstream} service is unavailable: its recent calls failed, so it is not called \
+                 for now; retry in {} s",
+                whole_seconds(*retry_after)
+            ),
+            ApiError::Busy {
+                upstream,
+                retry_after,
+            } => format!(
+                "the {upstream} service is busy; retry in {} s",
+                whole_seconds(*retry_after)
+            ),
             other => other.to_string(),
         }
     }
@@ -138,6 +258,33 @@ fn deadline_as_such(status: tonic::Status) -> tonic::Status {
         status.details().to_vec().into(),
         status.metadata().clone(),
     )
+}
+
+/// An upstream status that says it cannot serve at all, rather than
+/// refusing this request or this load.
+fn is_outage(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => true,
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted => false,
+        _ => is_transport_error(status),
+    }
+}
+
+/// A status the client made from an error of its own (a connection reset,
+/// an HTTP/2 stream broken off), not one the upstream sent: only those
+/// carry a source (an answer read off the wire has none).
+fn is_transport_error(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// A wait in whole seconds, rounded up, at least 1: `Retry-After`'s unit.
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// The gateway's own words for an upstream's status code.
@@ -182,18 +329,25 @@ impl IntoResponse for ApiError {
         let (code, status) = self.code_and_status();
         let message = self.client_message();
         let detail = cause_chain(&self);
-        if status.is_server_error() {
-            tracing::error!(error = %detail, code = code_name(code), "request failed");
-        } else {
+        if self.is_refusal() {
             tracing::info!(error = %detail, code = code_name(code), "request refused");
+        } else {
+            tracing::error!(error = %detail, code = code_name(code), "request failed");
         }
-        json_error(status, code, &message)
+        let mut response = json_error(status, code, &message);
+        if let Some(wait) = self.retry_after_header(status) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(wait)));
+        }
+        response
     }
 }
 
 #[cfg(test)]
 mod tests {
     use nws_runtime::grpc::status::for_user;
+    use tonic_types::ErrorDetails;
 
     use super::*;
 
@@ -235,5 +389,199 @@ mod tests {
             broken.client_message(),
             "the optimizer service answered incorrectly"
         );
+    }
+
+    fn optimizer(status: tonic::Status) -> ApiError {
+        ApiError::from_status(Upstream::Optimizer)(status)
+    }
+
+    /// The optimizer's refusal of the load, as it sends it.
+    fn busy(wait: Option<Duration>) -> tonic::Status {
+        let mut details = ErrorDetails::with_localized_message(
+            "en-US",
+            "the optimizer is busy: 12 images in progress or waiting; retry later",
+        );
+        if let Some(wait) = wait {
+            details.set_retry_info(Some(wait));
+        }
+        tonic::Status::with_error_details(Code::ResourceExhausted, "queue full", details)
+    }
+
+    /// Status, `Retry-After`, and the JSON body of the response.
+    async fn respond(error: ApiError) -> (u16, Option<String>, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn overload_and_an_open_breaker_answer_503_with_retry_after() {
+        let (status, retry_after, body) = respond(optimizer(busy(Some(Duration::from_millis(2200))))).await;
+        assert_eq!((status, retry_after.as_deref()), (503, Some("3")));
+        assert_eq!(body["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            body["message"],
+            "the optimizer is busy: 12 images in progress or waiting; retry later"
+        );
+
+        let (status, retry_after, _) = respond(optimizer(busy(None))).await;
+        assert_eq!((status, retry_after.as_deref()), (503, Some("1")));
+
+        let open = ApiError::BreakerOpen {
+            upstream: Upstream::Optimizer,
+            retry_after: Duration::from_millis(4001),
+        };
+        let (status, retry_after, body) = respond(open).await;
+        assert_eq!((status, retry_after.as_deref()), (503, Some("5")));
+        assert_eq!(body["code"], "UNAVAILABLE");
+        assert_eq!(
+            body["message"],
+            "the optimizer service is unavailable: its recent calls failed, so it is not called for now; \
+             retry in 5 s"
+        );
+        // Half-open with every trial slot taken, or the very end of a cool-down.
+        let almost = ApiError::BreakerOpen {
+            upstream: Upstream::Optimizer,
+            retry_after: Duration::from_millis(1),
+        };
+        assert_eq!(respond(almost).await.1.as_deref(), Some("1"));
+        let zero = ApiError::BreakerOpen {
+            upstream: Upstream::Optimizer,
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(respond(zero).await.1.as_deref(), Some("1"), "at least 1");
+
+        let held_off = ApiError::Busy {
+            upstream: Upstream::Optimizer,
+            retry_after: Duration::from_secs(7),
+        };
+        let (status, retry_after, body) = respond(held_off).await;
+        assert_eq!((status, retry_after.as_deref()), (503, Some("7")));
+        assert_eq!(body["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(body["message"], "the optimizer service is busy; retry in 7 s");
+
+        // UNAVAILABLE keeps its words, and gets a Retry-After too.
+        let (status, retry_after, body) = respond(optimizer(tonic::Status::unavailable("refused"))).await;
+        assert_eq!((status, retry_after.as_deref()), (503, Some("1")));
+        assert_eq!(body["code"], "UNAVAILABLE");
+        assert_eq!(
+            body["message"],
+            "the optimizer service is unavailable; retry shortly"
+        );
+        let unavailable_with_hint = tonic::Status::with_error_details(
+            Code::Unavailable,
+            "draining",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(2))),
+        );
+        assert_eq!(
+            respond(optimizer(unavailable_with_hint)).await.1.as_deref(),
+            Some("2")
+        );
+    }
+
+    #[tokio::test]
+    async fn other_answers_keep_their_status_and_get_no_retry_after() {
+        // Storage's RESOURCE_EXHAUSTED is its limit on this caller: 429.
+        let storage = ApiError::from_status(Upstream::Storage)(tonic::Status::resource_exhausted("limit"));
+        assert_eq!(respond(storage).await.0, 429);
+        for (error, status) in [
+            (optimizer(tonic::Status::cancelled("Timeout expired")), 504),
+            (optimizer(tonic::Status::invalid_argument("bad")), 400),
+            (optimizer(tonic::Status::unknown("bug")), 500),
+            (ApiError::BadRequest("bad".to_owned()), 400),
+        ] {
+            let (got, retry_after, _) = respond(error).await;
+            assert_eq!((got, retry_after), (status, None));
+        }
+    }
+
+    /// An error of the client's own transport whose cause is a status, as
+    /// a broken HTTP/2 stream is.
+    #[derive(Debug)]
+    struct Broken(tonic::Status);
+
+    impl std::fmt::Display for Broken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection broken")
+        }
+    }
+
+    impl std::error::Error for Broken {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn what_says_the_optimizer_cannot_serve() {
+        let cases = [
+            (tonic::Status::unavailable("refused"), true, true),
+            (tonic::Status::cancelled("Timeout expired"), true, true),
+            (tonic::Status::deadline_exceeded("late"), true, true),
+            (tonic::Status::unknown("panicked"), true, true),
+            (busy(Some(Duration::from_secs(1))), true, false),
+            (tonic::Status::invalid_argument("not an image"), false, false),
+            (tonic::Status::not_found("no original"), false, false),
+            (tonic::Status::permission_denied("scope"), false, false),
+            (tonic::Status::unauthenticated("token"), false, false),
+            (tonic::Status::failed_precondition("no storage"), false, false),
+            // An optimizer's own INTERNAL is about one image...
+            (tonic::Status::internal("could not process"), false, false),
+            // ...a stream the transport broke off is an outage.
+            (
+                tonic::Status::from_error(Box::new(Broken(tonic::Status::internal("h2 reset")))),
+                true,
+                true,
+            ),
+            (
+                tonic::Status::from_error(Box::new(std::io::Error::other("connection reset"))),
+                true,
+                true,
+            ),
+        ];
+        for (status, cannot_serve, outage) in cases {
+            let what = format!("{status:?}");
+            let error = optimizer(status);
+            assert_eq!(error.optimizer_cannot_serve(), cannot_serve, "{what}");
+            assert_eq!(error.is_outage_of(Upstream::Optimizer), outage, "{what}");
+            assert!(!error.is_outage_of(Upstream::Storage), "{what}");
+        }
+        let storage_down = ApiError::from_status(Upstream::Storage)(tonic::Status::unavailable("down"));
+        assert!(!storage_down.optimizer_cannot_serve());
+        assert!(storage_down.is_outage_of(Upstream::Storage));
+        for error in [
+            ApiError::BreakerOpen {
+                upstream: Upstream::Optimizer,
+                retry_after: Duration::from_secs(1),
+            },
+            ApiError::Busy {
+                upstream: Upstream::Optimizer,
+                retry_after: Duration::from_secs(1),
+            },
+        ] {
+            assert!(error.optimizer_cannot_serve(), "{error}");
+            assert_eq!(error.retry_after(), Some(Duration::from_secs(1)));
+            assert_eq!(error.upstream_code(Upstream::Optimizer), None);
+        }
+        assert!(!ApiError::BadRequest("bad".to_owned()).optimizer_cannot_serve());
+        assert!(
+            !ApiError::Protocol {
+                upstream: Upstream::Optimizer,
+                what: "short"
+            }
+            .optimizer_cannot_serve()
+        );
+        assert_eq!(
+            optimizer(busy(Some(Duration::from_millis(1500)))).retry_after(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(optimizer(busy(None)).retry_after(), None);
     }
 }

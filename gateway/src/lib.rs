@@ -3,8 +3,10 @@
 //! codec and no storage client: everything heavy happens upstream.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod config;
 pub mod error;
+mod jobs;
 mod openapi;
 mod query;
 mod results;
@@ -81,10 +83,33 @@ pub async fn build(
         edge_policy = edge_policy.with_shared_limiter(std::sync::Arc::new(redis));
     }
     edge_policy.describe("gateway");
+    config.jobs.validate()?;
+    let broker = nws_jobs::Broker::start(&config.jobs, "gateway", background.clone());
+    let job_status = match (&broker, &config.redis_url) {
+        (Some(_), Some(url)) => Some(nws_jobs::StatusStore::new(
+            url,
+            &config.jobs.status_prefix,
+            config.jobs.status_ttl,
+            config.redis_timeout.max(std::time::Duration::from_millis(500)),
+        )?),
+        _ => None,
+    };
+    match &broker {
+        Some(broker) => tracing::info!(
+            queue = %broker.topology().work,
+            status = if job_status.is_some() { "redis" } else { "storage only (NWS_REDIS_URL unset)" },
+            "durable jobs: uploads the optimizer cannot serve are queued"
+        ),
+        None => tracing::info!(
+            "durable jobs off (NWS_AMQP_URL unset): uploads the optimizer cannot serve get 503"
+        ),
+    }
+    let jobs = jobs::Jobs::new(broker, job_status, config.sse_heartbeat, background.clone());
     let bindings = transcode::bindings(nws_watermark::pb::FILE_DESCRIPTOR_SET)
         .context("gateway: the google.api.http annotations in proto/")?;
     let server = HttpServer::bind("gateway", config.http_addr).await?;
-    let upstreams = Upstreams::connect_lazy_with(optimizer, storage, config.upstream_timeout, upstream_tls)?;
+    let upstreams = Upstreams::connect_lazy_with(optimizer, storage, config.upstream_timeout, upstream_tls)?
+        .with_breaker(&config.breaker)?;
     let state = AppState::new(Shared {
         results: Results::new(
             config.cache_memory,
@@ -97,6 +122,7 @@ pub async fn build(
         body_read_timeout: config.http.body_read_timeout,
         auto_avif: config.auto_avif,
         policy: edge_policy.clone(),
+        jobs,
     });
     Ok(App {
         server,

@@ -76,9 +76,11 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     let storage_url = upstream(
         config.storage_url.clone(),
         async {
-            Ok(storage_svc::build(config.storage.clone())
-                .await?
-                .with_policy(embedded_policy.clone()))
+            Ok(Embedded::Storage(
+                storage_svc::build(config.storage.clone())
+                    .await?
+                    .with_policy(embedded_policy.clone()),
+            ))
         },
         &mut embedded,
         &services_stop,
@@ -88,11 +90,21 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     let optimizer_url = upstream(
         config.optimizer_url.clone(),
         async {
-            Ok(
-                optimizer_svc::build(config.optimizer.clone(), Some(storage_url.clone()), &upstream_tls)
-                    .await?
-                    .with_policy(embedded_policy.clone()),
+            // It consumes the jobs its gateway queues, with the same settings.
+            let jobs = optimizer_svc::JobSource {
+                config: &config.gateway.jobs,
+                redis: config.gateway.redis_url.as_ref(),
+            };
+            let app = optimizer_svc::build(
+                config.optimizer.clone(),
+                Some(storage_url.clone()),
+                &upstream_tls,
+                jobs,
             )
+            .await?;
+            Ok(Embedded::Optimizer(Box::new(
+                app.with_policy(embedded_policy.clone()),
+            )))
         },
         &mut embedded,
         &services_stop,
@@ -139,9 +151,31 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
 
 /// The configured upstream URL; or, when there is none, the URL of the
 /// service `build` starts here (the future is not run otherwise).
+/// A service this process runs for its gateway.
+enum Embedded {
+    Storage(GrpcServer),
+    Optimizer(Box<optimizer_svc::App>),
+}
+
+impl Embedded {
+    fn local_addr(&self) -> std::net::SocketAddr {
+        match self {
+            Embedded::Storage(app) => app.local_addr(),
+            Embedded::Optimizer(app) => app.local_addr(),
+        }
+    }
+
+    async fn run_until_stopped(self, stop: CancellationToken, drain: Drain) -> anyhow::Result<()> {
+        match self {
+            Embedded::Storage(app) => app.run_until_stopped(stop.cancelled_owned(), drain).await,
+            Embedded::Optimizer(app) => app.run_until_stopped(stop.cancelled_owned(), drain).await,
+        }
+    }
+}
+
 async fn upstream(
     url: Option<Uri>,
-    build: impl Future<Output = anyhow::Result<GrpcServer>>,
+    build: impl Future<Output = anyhow::Result<Embedded>>,
     embedded: &mut JoinSet<anyhow::Result<()>>,
     stop: &CancellationToken,
     drain: Drain,
@@ -151,7 +185,7 @@ async fn upstream(
     }
     let app = build.await?;
     let url = loopback_url(app.local_addr())?;
-    embedded.spawn(app.run_until_stopped(stop.clone().cancelled_owned(), drain));
+    embedded.spawn(app.run_until_stopped(stop.clone(), drain));
     Ok(url)
 }
 

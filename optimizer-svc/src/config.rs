@@ -1,7 +1,7 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
-use nws_runtime::config::parse_size;
+use nws_runtime::config::{parse_duration, parse_size};
 
 /// Optimizer settings; flags with `NWS_*` environment fallbacks.
 #[derive(Debug, Clone, Args)]
@@ -27,12 +27,29 @@ pub struct OptimizerConfig {
     #[arg(long, env = "NWS_OPTIMIZER_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
-    /// Calls that may wait for a worker (uploading or queued); past it a
-    /// call is refused at once with RESOURCE_EXHAUSTED. 0 means four per
-    /// worker.
+    /// Longest expected wait for a worker a caller is admitted with (e.g.
+    /// `2s`): a call whose expected start (the calls ahead of it ÷ workers
+    /// × the measured time a call holds a worker) is later is refused at
+    /// once with RESOURCE_EXHAUSTED and a RetryInfo saying when the line
+    /// will have room. Calls for a waiting caller only: queued jobs wait
+    /// as long as it takes, background renders need an idle worker.
+    #[arg(long, env = "NWS_QUEUE_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub queue_wait: Duration,
+
+    /// Calls that may be admitted beyond one per worker (uploading, or
+    /// waiting for a worker), of every priority: a memory bound, since each
+    /// holds its input bytes (up to NWS_MAX_INPUT_BYTES). Past workers +
+    /// this, a call is refused at once with RESOURCE_EXHAUSTED.
+    /// NWS_QUEUE_WAIT is what bounds the waiting line; this ceiling only
+    /// stops a burst of small images from holding more memory than planned.
+    /// 0 means sixteen per worker.
     #[arg(long, env = "NWS_OPTIMIZER_QUEUE", default_value_t = 0)]
     pub queue: usize,
 }
+
+/// Calls admitted beyond the workers', per worker, when NWS_OPTIMIZER_QUEUE
+/// is 0.
+const CALLS_PER_WORKER: usize = 16;
 
 impl OptimizerConfig {
     pub(crate) fn worker_count(&self) -> usize {
@@ -43,11 +60,14 @@ impl OptimizerConfig {
         }
     }
 
-    pub(crate) fn queue_length(&self) -> usize {
-        if self.queue > 0 {
+    /// The most calls admitted at once: the workers' and
+    /// NWS_OPTIMIZER_QUEUE's.
+    pub(crate) fn call_ceiling(&self) -> usize {
+        let queue = if self.queue > 0 {
             self.queue
         } else {
-            4 * self.worker_count()
-        }
+            CALLS_PER_WORKER * self.worker_count()
+        };
+        self.worker_count() + queue
     }
 }

@@ -1,5 +1,6 @@
 //! The Optimizer's own client of the Storage service: it reads the
-//! originals `Render` names and keeps the results it makes.
+//! originals `Render` (and a queued job) names, keeps the results it makes,
+//! and says whether a result is kept already.
 
 use std::time::Duration;
 
@@ -14,7 +15,10 @@ use nws_runtime::{
 };
 use nws_watermark::{
     chunk,
-    pb::{GetRequest, Namespace, PutOptions, PutRequest, put_request, storage_client::StorageClient},
+    pb::{
+        GetRequest, Namespace, PutOptions, PutRequest, StatRequest, put_request,
+        storage_client::StorageClient,
+    },
     render::ResultKey,
     stream::{self as framed, StreamError},
 };
@@ -45,7 +49,10 @@ impl OriginalStore {
             StreamError::Status(status) if status.code() == Code::NotFound => {
                 OptimizeError::OriginalNotFound(sha256.to_owned())
             }
-            other => OptimizeError::Storage(other),
+            other => OptimizeError::Storage {
+                doing: READING,
+                cause: other,
+            },
         };
         let responses = self
             .client
@@ -63,14 +70,17 @@ impl OriginalStore {
         }
         let original = framed::collect(&mut bytes, info.size, max_bytes)
             .await
-            .map_err(OptimizeError::Storage)?;
+            .map_err(|cause| OptimizeError::Storage {
+                doing: READING,
+                cause,
+            })?;
         finish_in_background(bytes, "storage failed after sending a whole original");
         Ok(original)
     }
 
     /// Keeps `bytes` as the result `key`; a result already kept under that
     /// key stays as it is (the same job gives the same bytes).
-    pub async fn keep_result(&self, key: ResultKey, bytes: Bytes) -> Result<(), StreamError> {
+    pub async fn keep_result(&self, key: ResultKey, bytes: Bytes) -> Result<(), OptimizeError> {
         let options = PutRequest {
             payload: Some(put_request::Payload::Options(PutOptions {
                 namespace: Namespace::Results.into(),
@@ -84,10 +94,36 @@ impl OriginalStore {
         self.client
             .clone()
             .put(bounded(stream::iter(std::iter::once(options).chain(chunks))))
-            .await?;
+            .await
+            .map_err(|status| OptimizeError::Storage {
+                doing: "keeping the result in storage",
+                cause: status.into(),
+            })?;
         Ok(())
     }
+
+    /// Whether a result is kept under `key` (a `Stat`, nothing read).
+    pub async fn has_result(&self, key: ResultKey) -> Result<bool, OptimizeError> {
+        let stat = self
+            .client
+            .clone()
+            .stat(bounded(StatRequest {
+                sha256: key.to_string(),
+                namespace: Namespace::Results.into(),
+            }))
+            .await;
+        match stat {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == Code::NotFound => Ok(false),
+            Err(status) => Err(OptimizeError::Storage {
+                doing: "looking the result up in storage",
+                cause: status.into(),
+            }),
+        }
+    }
 }
+
+const READING: &str = "reading the original from storage";
 
 fn bounded<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

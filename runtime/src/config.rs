@@ -229,6 +229,30 @@ pub fn parse_upstream_url(value: &str) -> Result<http::Uri, String> {
     }
 }
 
+/// `NWS_REDIS_URL`, read by every process that talks to Redis.
+pub fn parse_redis_url(value: &str) -> Result<SecretUrl, String> {
+    match value.split_once("://") {
+        Some(("redis" | "rediss" | "redis+unix" | "unix", rest)) if !rest.is_empty() => {
+            Ok(SecretUrl::new(value))
+        }
+        _ => Err("expected redis://[:password@]host:port[/db]".to_owned()),
+    }
+}
+
+/// `NWS_AMQP_URL`: a RabbitMQ broker over plain AMQP 0-9-1. `amqps://` is
+/// refused rather than silently sent in clear: this build links one TLS
+/// provider (ring) and the AMQP client's TLS would bring a second.
+pub fn parse_amqp_url(value: &str) -> Result<SecretUrl, String> {
+    match value.split_once("://") {
+        Some(("amqp", rest)) if !rest.is_empty() => Ok(SecretUrl::new(value)),
+        Some(("amqps", _)) => Err(
+            "amqps:// is not supported by this build; reach the broker over a trusted network or a TLS sidecar with amqp://"
+                .to_owned(),
+        ),
+        _ => Err("expected amqp://user:password@host:5672/vhost".to_owned()),
+    }
+}
+
 /// A URL that may carry a password (`redis://:secret@redis:6379/0`): the
 /// whole URL for the code that connects, and a form with the password
 /// masked for everything else (`Debug`, `Display`, error messages).

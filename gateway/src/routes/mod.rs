@@ -3,6 +3,7 @@
 
 mod health;
 mod images;
+mod jobs;
 mod objects;
 mod watermark;
 
@@ -38,6 +39,8 @@ pub struct Shared {
     pub auto_avif: bool,
     /// Who may call what; signs the links uploads answer with.
     pub policy: Policy,
+    /// The durable job queue (when NWS_AMQP_URL is set) and job status.
+    pub jobs: crate::jobs::Jobs,
 }
 
 impl AppState {
@@ -64,6 +67,10 @@ pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig, policy: 
         .route("/v1/images/{key}", get(images::get))
         .route("/image/{sha256}", get(objects::original))
         .route("/status/{sha256}", get(objects::status))
+        .route("/v1/jobs/{id}", get(jobs::status))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/admin/dead-jobs", get(jobs::dead))
+        .route("/v1/admin/dead-jobs/replay", post(jobs::replay))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(nws_runtime::telemetry::metrics::handler))
@@ -79,6 +86,11 @@ pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig, policy: 
     nws_runtime::http::layer_stack(router, GATEWAY.name, http, policy, rules(bindings))
 }
 
+const JOBS_ADMIN: Access = Access::Scoped {
+    scope: access::JOBS_ADMIN,
+    class: RateClass::Read,
+};
+
 /// What each route needs. Results and originals also open to signed links
 /// (for `<img>` tags, which cannot send a token); a transcoded route needs
 /// what its RPC needs.
@@ -90,6 +102,11 @@ fn rules(bindings: &[Binding]) -> HttpRules {
         .insert_signed(Method::GET, "/v1/images/{key}", Access::READ)
         .insert_signed(Method::GET, "/image/{sha256}", Access::READ)
         .insert(Method::GET, "/status/{sha256}", Access::READ)
+        // Signed too: a browser's EventSource cannot send a token.
+        .insert_signed(Method::GET, "/v1/jobs/{id}", Access::READ)
+        .insert_signed(Method::GET, "/v1/jobs/{id}/events", Access::READ)
+        .insert(Method::GET, "/v1/admin/dead-jobs", JOBS_ADMIN)
+        .insert(Method::POST, "/v1/admin/dead-jobs/replay", JOBS_ADMIN)
         .insert(Method::GET, "/healthz", Access::Open)
         .insert(Method::GET, "/readyz", Access::Open)
         .insert(Method::GET, "/openapi.json", Access::Open)

@@ -29,6 +29,7 @@ use nws_watermark::{
 use super::{
     AppState,
     images::{Negotiated, image_response},
+    jobs,
 };
 use crate::{error::ApiError, query, results::Plan, timing::ServerTiming, upload};
 
@@ -45,6 +46,14 @@ pub async fn upload(
     let limit = state.max_upload_bytes;
     if declared_length(request.headers()).is_some_and(|length| length > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let respond_async = jobs::prefers_async(request.headers()) && state.jobs.can_queue();
+    if !state.jobs.can_queue() {
+        // Neither the optimizer nor a queue would take it: refuse before
+        // reading (and storing) the body, so refusals cost nothing. A
+        // repeat upload whose result is cached is refused too, for the few
+        // seconds the optimizer asked; GET /v1/images/{key} still serves it.
+        state.upstreams.optimizer_admits()?;
     }
     let (parts, body) = request.into_parts();
     let body = Body::new(Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)));
@@ -82,8 +91,25 @@ pub async fn upload(
         Negotiated::No
     };
     let plan = Plan::new(&original.sha256, options, state.auto_avif);
+    let signer = state.policy.signer();
+    if respond_async {
+        let record = state.jobs.submit(&plan.now).await?;
+        return Ok(jobs::accepted(&record, &original, signer, &timing, true));
+    }
+    let job = plan.now.clone();
     let found = match state.results.answer(plan, &mut timing).await {
         Ok(found) => found,
+        Err(error) if error.optimizer_cannot_serve() && state.jobs.is_configured() => {
+            // The original is stored: keep the work as a job, answered 202
+            // only once the broker confirmed it.
+            return match state.jobs.submit(&job).await {
+                Ok(record) => Ok(jobs::accepted(&record, &original, signer, &timing, false)),
+                Err(queue_error) => {
+                    tracing::warn!(%queue_error, %error, "the optimizer cannot serve and the job queue cannot keep the upload");
+                    Err(error)
+                }
+            };
+        }
         Err(error) => {
             if is_unreadable_image(&error) {
                 state.upstreams.forget_original(&original).await;
@@ -99,7 +125,7 @@ pub async fn upload(
         &timing,
         negotiated,
         Some(&original),
-        state.policy.signer(),
+        signer,
     ))
 }
 

@@ -2,12 +2,13 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use http::Uri;
+use nws_jobs::JobsConfig;
 use nws_runtime::{
-    config::{CommonConfig, parse_or_exit, parse_upstream_url},
+    config::{CommonConfig, SecretUrl, parse_or_exit, parse_redis_url, parse_upstream_url},
     policy::{Policy, Role},
     telemetry::{OPTIMIZER, Services},
 };
-use optimizer_svc::OptimizerConfig;
+use optimizer_svc::{JobSource, OptimizerConfig};
 
 /// NWS Watermark Optimizer service.
 #[derive(Parser)]
@@ -21,6 +22,15 @@ struct Cli {
     /// refused; Optimize and Probe work.
     #[arg(long, env = "NWS_STORAGE_URL", value_parser = parse_upstream_url)]
     storage_url: Option<Uri>,
+
+    #[command(flatten)]
+    jobs: JobsConfig,
+
+    /// Redis where the status of durable jobs is recorded for the gateways
+    /// (the same NWS_REDIS_URL as theirs). Unset: jobs still run, and a
+    /// gateway sees one only once its result is stored.
+    #[arg(long, env = "NWS_REDIS_URL", value_parser = parse_redis_url, hide_env_values = true)]
+    redis_url: Option<SecretUrl>,
 
     #[command(flatten)]
     common: CommonConfig,
@@ -38,7 +48,11 @@ async fn main() -> ExitCode {
             let tls = cli.common.tls.load()?;
             let upstream_tls = cli.common.upstream_tls.load()?;
             let policy = Policy::build(&cli.common.policy, Role::Service, shutdown.clone()).await?;
-            let app = optimizer_svc::build(cli.optimizer, cli.storage_url, &upstream_tls)
+            let jobs = JobSource {
+                config: &cli.jobs,
+                redis: cli.redis_url.as_ref(),
+            };
+            let app = optimizer_svc::build(cli.optimizer, cli.storage_url, &upstream_tls, jobs)
                 .await?
                 .with_tls(tls)
                 .with_policy(policy);

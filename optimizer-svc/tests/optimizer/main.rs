@@ -8,6 +8,7 @@ mod inputs;
 mod metadata;
 mod orientation_colour;
 mod pipeline;
+mod priority;
 mod render;
 mod watermark;
 

@@ -63,6 +63,12 @@ pub fn inject_headers(context: &Context, headers: &mut HeaderMap) {
     inject(context, &mut HeadersMut(headers));
 }
 
+/// Writes `span`'s context into headers: how work handed to another
+/// process (a queued job's message) carries the trace that set it going.
+pub fn inject_span(span: &tracing::Span, headers: &mut HeaderMap) {
+    inject_headers(&span.context(), headers);
+}
+
 /// Makes `span` a child of the caller's context in `headers`, when they
 /// carry one; otherwise the span starts a trace of its own.
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {

@@ -91,6 +91,38 @@ impl Deployment {
         }
     }
 
+    /// Another optimizer on the same Storage, with `env` (listening on
+    /// `127.0.0.1:0` unless `env` says otherwise): one that comes back, or
+    /// one more job consumer.
+    pub fn start_optimizer(&self, env: &[(&str, &str)]) -> ServiceProcess {
+        let storage_url = self
+            .upstream_env
+            .iter()
+            .find(|(name, _)| name == "NWS_STORAGE_URL")
+            .map(|(_, url)| url.as_str())
+            .expect("a storage URL");
+        let mut all = vec![
+            ("NWS_OPTIMIZER_ADDR", "127.0.0.1:0"),
+            ("NWS_STORAGE_URL", storage_url),
+            ("RUST_LOG", "info,optimizer_svc=debug"),
+        ];
+        all.extend_from_slice(env);
+        ServiceProcess::start(&workspace_binary("optimizer-svc"), &all, &["optimizer", "admin"])
+    }
+
+    /// Kills Storage and starts it again on the same address and data,
+    /// with `env`.
+    pub fn restart_storage(&mut self, env: &[(&str, &str)]) {
+        self.storage.kill();
+        let addr = self.storage.addr("storage").to_string();
+        let mut all = vec![
+            ("NWS_STORAGE_ADDR", addr.as_str()),
+            ("NWS_DATA_DIR", self.storage_dir.path().to_str().unwrap()),
+        ];
+        all.extend_from_slice(env);
+        self.storage = ServiceProcess::start(&workspace_binary("storage-svc"), &all, &["storage", "admin"]);
+    }
+
     /// Another gateway in front of the same services, with `env`.
     pub fn another_gateway(&self, env: &[(&str, &str)]) -> ServiceProcess {
         start_gateway(&self.upstream_env, env)

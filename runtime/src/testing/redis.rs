@@ -11,6 +11,13 @@ use std::{
 use super::send_signal;
 
 /// Sends one command to Redis in RESP and returns the raw reply.
+/// The Redis the tests share: NWS_TEST_REDIS_URL (which the test command
+/// sets, starting a private one when the machine has none), else the
+/// machine's.
+pub fn redis_url() -> String {
+    std::env::var("NWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
 pub fn redis_command(url: &str, args: &[&str]) -> String {
     let address = url.trim_start_matches("redis://").split('/').next().unwrap();
     let mut stream = TcpStream::connect(address).expect("redis answers");
