@@ -35,7 +35,9 @@ pub struct Jobs {
     /// Every status change any consumer announced.
     changes: Option<broadcast::Sender<Arc<Record>>>,
     pub heartbeat: Duration,
-    /// Fires when the gateway stops: event streams end.
+    /// Fires when the gateway starts to stop: event streams end (clients
+    /// reconnect, with Last-Event-ID, to another replica) rather than hold
+    /// the drain.
     pub stopping: CancellationToken,
 }
 
@@ -44,9 +46,10 @@ impl Jobs {
         broker: Option<Broker>,
         status: Option<StatusStore>,
         heartbeat: Duration,
+        background: CancellationToken,
         stopping: CancellationToken,
     ) -> Self {
-        let changes = status.as_ref().map(|status| status.watch(stopping.clone()));
+        let changes = status.as_ref().map(|status| status.watch(background));
         Self {
             broker,
             status,
@@ -87,7 +90,7 @@ impl Jobs {
         if let Some(status) = &self.status {
             match status.record(&record).await {
                 Ok(Some(seq)) => record.seq = seq,
-                // A consumer was quicker and already finished it.
+                // A consumer was quicker: it is running, or done.
                 Ok(None) => {
                     if let Ok(Some(done)) = self.current(&record.id).await {
                         record = done;

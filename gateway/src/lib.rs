@@ -43,8 +43,11 @@ pub struct App {
     router: Router,
     http: HttpConfig,
     redis: Option<RedisTier>,
-    /// Stops the policy's background work (JWKS refresh, bucket sweeps).
+    /// Stops the policy's background work (JWKS refresh, bucket sweeps),
+    /// the broker connection and the job status watch.
     background: CancellationToken,
+    /// Ends the job event streams as shutdown starts.
+    streams: CancellationToken,
 }
 
 /// Binds the HTTP listener and prepares lazy connections to the upstreams
@@ -104,7 +107,14 @@ pub async fn build(
             "durable jobs off (NWS_AMQP_URL unset): uploads the optimizer cannot serve get 503"
         ),
     }
-    let jobs = jobs::Jobs::new(broker, job_status, config.sse_heartbeat, background.clone());
+    let streams = CancellationToken::new();
+    let jobs = jobs::Jobs::new(
+        broker,
+        job_status,
+        config.sse_heartbeat,
+        background.clone(),
+        streams.clone(),
+    );
     let bindings = transcode::bindings(nws_watermark::pb::FILE_DESCRIPTOR_SET)
         .context("gateway: the google.api.http annotations in proto/")?;
     let server = HttpServer::bind("gateway", config.http_addr).await?;
@@ -130,6 +140,7 @@ pub async fn build(
         http: config.http.clone(),
         redis,
         background,
+        streams,
     })
 }
 
@@ -159,6 +170,7 @@ impl App {
             http,
             redis,
             background,
+            streams,
         } = self;
         let _stop_background = background.drop_guard();
         let watching = CancellationToken::new();
@@ -166,6 +178,10 @@ impl App {
             tokio::spawn(redis.watch(watching.clone()));
         }
         let _stop_watching = watching.drop_guard();
+        let shutdown = async move {
+            shutdown.await;
+            streams.cancel();
+        };
         server.run_until_stopped(router, &http, shutdown, drain).await
     }
 }

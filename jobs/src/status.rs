@@ -93,15 +93,24 @@ pub fn now() -> String {
 /// Changes kept per job for resumed event streams.
 const EVENTS_KEPT: i64 = 64;
 
-/// Writes a record unless the job is already done; returns its sequence
+/// Writes a record unless it would go back in time: nothing follows
+/// `done`, and `queued` does not follow a consumer's `processing` or
+/// `retrying` (the publisher records `queued` after the broker's confirm,
+/// when a quick consumer may already have started). Returns its sequence
 /// number, or 0 when it was refused.
 const RECORD: &str = r"
+local record = cjson.decode(ARGV[1])
 local current = redis.call('GET', KEYS[1])
-if current and cjson.decode(current)['state'] == 'done' then
-  return 0
+if current then
+  local state = cjson.decode(current)['state']
+  if state == 'done' then
+    return 0
+  end
+  if record['state'] == 'queued' and (state == 'processing' or state == 'retrying') then
+    return 0
+  end
 end
 local seq = redis.call('INCR', KEYS[3])
-local record = cjson.decode(ARGV[1])
 record['seq'] = seq
 local text = cjson.encode(record)
 redis.call('SET', KEYS[1], text, 'EX', ARGV[2])
@@ -167,8 +176,8 @@ impl StatusStore {
         format!("{}events", self.prefix)
     }
 
-    /// Records a change and announces it; `None` when the job was already
-    /// done (a finished job stays finished).
+    /// Records a change and announces it; `None` when it would go back in
+    /// time (a finished job stays finished; a running one is not queued).
     pub async fn record(&self, record: &Record) -> Result<Option<u64>, StatusError> {
         let key = self.key(&record.id);
         let mut script = redis::cmd("EVAL");

@@ -505,6 +505,11 @@ impl OptimizerService {
         metrics::gauge!("nws_optimizer_queue_wait_limit_seconds", "service" => OPTIMIZER.name)
             .set(config.queue_wait.as_secs_f64());
         metrics::gauge!("nws_optimizer_expected_wait_seconds", "service" => OPTIMIZER.name).set(0.0);
+        // Gauges moved by increments exist from the start, at zero, so a
+        // dashboard finds them before the first call waits or runs.
+        for gauge in ["nws_optimizer_waiting_calls", "nws_optimizer_busy_workers"] {
+            metrics::gauge!(gauge, "service" => OPTIMIZER.name).set(0.0);
+        }
         service_time_gauge().set(SEED_SERVICE_TIME.as_secs_f64());
         Self {
             limits: Limits {

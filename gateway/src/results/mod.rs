@@ -361,8 +361,8 @@ impl Results {
                 Ok(_) => {
                     tracing::debug!(%key, "background render named otherwise (another pipeline version)")
                 }
-                Err(error) if error.upstream_code(Upstream::Optimizer) == Some(Code::ResourceExhausted) => {
-                    tracing::debug!(%key, "no idle optimizer worker; background render skipped");
+                Err(error) if error.optimizer_cannot_serve() => {
+                    tracing::debug!(%key, %error, "the optimizer cannot take it now; background render skipped");
                 }
                 Err(error) => tracing::warn!(%key, %error, "background render failed"),
             }
