@@ -57,8 +57,10 @@ class Run:
             try:
                 status, retry_after = self.attempt(url)
             except OSError as error:
+                # urllib wraps the cause (a reset connection, say) in URLError.
+                cause = getattr(error, "reason", error)
                 with self.lock:
-                    self.errors[type(error).__name__] += 1
+                    self.errors[type(cause).__name__ if isinstance(cause, BaseException) else str(cause)] += 1
                 return
             done = time.perf_counter()
             if status == 200:

@@ -8,6 +8,8 @@
 # counts by reason (nws_optimizer_refused_calls_total).
 #   bash benches/overload.sh [uploads per level] [seconds per level] [levels...]
 # Settings of the mesh pass through, e.g. NWS_QUEUE_WAIT=5s bash benches/overload.sh
+# MESH_BIN picks another build of nws-mesh (default: this checkout's release
+# build), e.g. one of an earlier commit to compare with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT="${1:-120}"
@@ -16,9 +18,12 @@ LEVELS=("${@:3}")
 [ "${#LEVELS[@]}" -gt 0 ] || LEVELS=(2 8 24 64)
 IMAGE="${NWS_TEST_IMAGES:-../shared/testdata/images}/kleiber_4000x3000.jpg"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nws-watermark/target}"
-cargo build --release --locked -p nws-mesh >&2
+if [ -z "${MESH_BIN:-}" ]; then
+  cargo build --release --locked -p nws-mesh >&2
+  MESH_BIN="$CARGO_TARGET_DIR/release/nws-mesh"
+fi
 
-echo "$(nproc) cores; NWS_OPTIMIZER_WORKERS=${NWS_OPTIMIZER_WORKERS:-one per core}, NWS_QUEUE_WAIT=${NWS_QUEUE_WAIT:-2s (default)}, NWS_OPTIMIZER_QUEUE=${NWS_OPTIMIZER_QUEUE:-default}; $COUNT uploads per level, none started or retried after ${SECONDS_PER_LEVEL} s"
+echo "$MESH_BIN on $(nproc) cores; NWS_OPTIMIZER_WORKERS=${NWS_OPTIMIZER_WORKERS:-one per core}, NWS_QUEUE_WAIT=${NWS_QUEUE_WAIT:-2s (default)}, NWS_OPTIMIZER_QUEUE=${NWS_OPTIMIZER_QUEUE:-default}; $COUNT uploads per level, none started or retried after ${SECONDS_PER_LEVEL} s"
 echo
 echo "| clients | served | served images/s | 503 with / without Retry-After | 429 with / without Retry-After | median Retry-After | abandoned | errors | p50 served (s) | p95 served (s) | p95 with retries (s) | optimizer refusals |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -27,7 +32,7 @@ for CONCURRENCY in "${LEVELS[@]}"; do
   LOG="$DATA/mesh.log"
   NWS_HTTP_ADDR=127.0.0.1:0 NWS_RATE_LIMIT_RPS=0 NWS_READ_RATE_LIMIT_RPS=0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 \
   NWS_STORAGE_ADDR=127.0.0.1:0 NWS_ADMIN_ADDR=127.0.0.1:0 NWS_DATA_DIR="$DATA" NWS_LOG_FORMAT=json \
-    "$CARGO_TARGET_DIR/release/nws-mesh" > "$LOG" 2>&1 &
+    "$MESH_BIN" > "$LOG" 2>&1 &
   MESH=$!
   for _ in $(seq 100); do grep -q '"service":"gateway","addr"' "$LOG" 2>/dev/null && break; sleep 0.1; done
   GATEWAY="$(grep -o '"service":"gateway","addr":"[^"]*"' "$LOG" | head -1 | sed 's/.*"addr":"//; s/"$//')"

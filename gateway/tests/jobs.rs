@@ -496,3 +496,50 @@ async fn without_a_queue_readiness_says_the_fallback_is_off_and_unknown_jobs_are
     assert_eq!(response.status(), 200);
     assert!(!response.headers().contains_key("preference-applied"));
 }
+
+#[tokio::test]
+async fn a_stopping_consumer_finishes_the_job_in_hand_or_hands_it_back() {
+    let queue = Queue::on(&amqp_url());
+    let mut deployment = queue.deployment().await;
+    let gateway = deployment.gateway_url();
+    deployment.optimizer.kill();
+    let image = test_image("kleiber_4000x3000.jpg");
+    let with_drain = |drain: &'static str| {
+        let mut env = queue.env();
+        env.push(("NWS_DRAIN_TIMEOUT", drain));
+        env
+    };
+
+    // Time enough: the job in hand is finished before the process exits.
+    let mut patient = deployment.start_optimizer(&with_drain("30s"));
+    let (finished, _) =
+        accepted(upload(&gateway, image.clone(), "format=avif&wm_text=patient", true).await).await;
+    until_status(&gateway, &finished, "processing").await;
+    assert!(patient.terminate().success(), "{}", patient.logs());
+    assert_eq!(
+        patient.count_logged("finishing the jobs in hand before stopping"),
+        1
+    );
+    let done = job(&gateway, &finished).await;
+    assert_eq!(
+        (done["status"].as_str(), done["attempts"].as_u64()),
+        (Some("done"), Some(1)),
+        "{done}"
+    );
+
+    // Not enough: the job goes back to the queue, and the next consumer
+    // finishes it; being handed back is no failed attempt.
+    let mut hasty = deployment.start_optimizer(&with_drain("100ms"));
+    let (handed_back, _) = accepted(upload(&gateway, image, "format=avif&wm_text=hasty", true).await).await;
+    until_status(&gateway, &handed_back, "processing").await;
+    assert!(hasty.terminate().success(), "{}", hasty.logs());
+    assert_eq!(
+        hasty.count_logged("drain deadline passed: handing the jobs in hand back to the queue"),
+        1,
+        "{}",
+        hasty.logs()
+    );
+    let _next = deployment.start_optimizer(&queue.env());
+    let done = until_status(&gateway, &handed_back, "done").await;
+    assert_eq!(done["attempts"], 1, "{done}");
+}

@@ -164,6 +164,14 @@ impl<R: Renderer> Consumer<R> {
                 while jobs.join_next().await.is_some() {}
             })
             .await;
+            if !jobs.is_empty() {
+                // Mid-stage (an encode cannot be interrupted): unacknowledged,
+                // they go back to the queue as the channel closes.
+                tracing::warn!(
+                    jobs = jobs.len(),
+                    "jobs still running are handed back as the connection closes"
+                );
+            }
         }
         let _ = channel.close(200, "stopping".into()).await;
         Ok(())

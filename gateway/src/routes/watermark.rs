@@ -15,7 +15,7 @@ use std::time::Instant;
 use axum::{
     body::Body,
     extract::{FromRequest, Multipart, RawQuery, Request, State, multipart::MultipartError},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use futures_util::TryStreamExt;
 use http::{HeaderMap, header};
@@ -44,16 +44,19 @@ pub async fn upload(
 ) -> Result<Response, ApiError> {
     let mut timing = ServerTiming::start();
     let limit = state.max_upload_bytes;
+    let version = request.version();
     if declared_length(request.headers()).is_some_and(|length| length > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
+        return Ok(unread_body(ApiError::PayloadTooLarge { limit }, version));
     }
     let respond_async = jobs::prefers_async(request.headers()) && state.jobs.can_queue();
-    if !state.jobs.can_queue() {
+    if !state.jobs.can_queue()
+        && let Err(refusal) = state.upstreams.optimizer_admits()
+    {
         // Neither the optimizer nor a queue would take it: refuse before
         // reading (and storing) the body, so refusals cost nothing. A
         // repeat upload whose result is cached is refused too, for the few
         // seconds the optimizer asked; GET /v1/images/{key} still serves it.
-        state.upstreams.optimizer_admits()?;
+        return Ok(unread_body(refusal, version));
     }
     let (parts, body) = request.into_parts();
     let body = Body::new(Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)));
@@ -127,6 +130,19 @@ pub async fn upload(
         Some(&original),
         signer,
     ))
+}
+
+/// A refusal sent before the body was read. Over HTTP/1.1 the connection
+/// cannot carry another request after an unread body, so the response says
+/// `Connection: close`: a client must not reuse it (and race its closing).
+fn unread_body(refusal: ApiError, version: http::Version) -> Response {
+    let mut response = refusal.into_response();
+    if version <= http::Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Whether the optimizer refused the image itself: the original it was
