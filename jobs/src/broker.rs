@@ -227,13 +227,7 @@ impl Broker {
         let channel = open(&link).await?;
         let mut found = Vec::new();
         while found.len() < limit {
-            let got = channel
-                .basic_get(
-                    self.inner.topology.dead.as_str().into(),
-                    BasicGetOptions::default(),
-                )
-                .await
-                .map_err(|e| PublishError::Broker(e.to_string()))?;
+            let got = self.next_dead(&channel).await?;
             let Some(got) = got else { break };
             found.push(DeadLetter::read(&got.delivery.data, &got.delivery.properties));
             if got.message_count == 0 {
@@ -253,13 +247,7 @@ impl Broker {
         let mut replayed = Vec::new();
         let mut remaining = None;
         while remaining != Some(0) {
-            let got = channel
-                .basic_get(
-                    self.inner.topology.dead.as_str().into(),
-                    BasicGetOptions::default(),
-                )
-                .await
-                .map_err(|e| PublishError::Broker(e.to_string()))?;
+            let got = self.next_dead(&channel).await?;
             let Some(got) = got else { break };
             remaining = Some(got.message_count);
             let Ok(queued) = message::decode(&got.delivery.data, &got.delivery.properties) else {
@@ -286,6 +274,20 @@ impl Broker {
         }
         let _ = channel.close(200, "replayed".into()).await;
         Ok(replayed)
+    }
+
+    /// The next dead-lettered message, held unacknowledged on `channel`.
+    async fn next_dead(
+        &self,
+        channel: &Channel,
+    ) -> Result<Option<lapin::message::BasicGetMessage>, PublishError> {
+        channel
+            .basic_get(
+                self.inner.topology.dead.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .map_err(|e| PublishError::Broker(e.to_string()))
     }
 
     fn link_now(&self) -> Result<Link, PublishError> {

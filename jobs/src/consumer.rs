@@ -237,14 +237,7 @@ impl<R: Renderer> Consumer<R> {
             }
             Err(_) if cancel.is_cancelled() => {
                 tracing::info!("job handed back to the queue unfinished (stopping, or the broker went away)");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
-                count("requeued", self.service);
+                self.requeue(&delivery).await;
             }
             Err(failure) => self.failed(delivery, queued, attempt, failure).await,
         }
@@ -319,17 +312,22 @@ impl<R: Renderer> Consumer<R> {
             }
             Err(error) => {
                 tracing::warn!(%error, queue, "could not hand the job on; it goes back to the work queue");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
-                count("requeued", self.service);
+                self.requeue(delivery).await;
                 false
             }
         }
+    }
+
+    /// Hands the delivery back to the work queue as it was.
+    async fn requeue(&self, delivery: &Delivery) {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if let Err(error) = delivery.acker.nack(requeue).await {
+            tracing::debug!(%error, "nack lost; the broker requeues the job as the channel closes");
+        }
+        count("requeued", self.service);
     }
 
     async fn set_status(&self, record: Record) {

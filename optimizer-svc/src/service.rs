@@ -163,21 +163,27 @@ struct WorkersShared {
     service_time: Mutex<ServiceTime>,
 }
 
-/// A worker held; freeing it records how long it was held.
+/// A worker held, until dropped.
 struct Worker {
     permit: Option<OwnedSemaphorePermit>,
-    since: Instant,
     shared: Arc<WorkersShared>,
+}
+
+impl Worker {
+    /// Counts `took`, the time a call's pipeline held this worker, into
+    /// the mean service time.
+    fn record(&self, took: Duration) {
+        let mean = {
+            let mut service_time = lock(&self.shared.service_time);
+            service_time.record(took);
+            service_time.mean()
+        };
+        service_time_gauge().set(mean.as_secs_f64());
+    }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let mean = {
-            let mut service_time = lock(&self.shared.service_time);
-            service_time.record(self.since.elapsed());
-            service_time.mean()
-        };
-        service_time_gauge().set(mean.as_secs_f64());
         // Freed first, then announced: a queued call woken now finds it.
         drop(self.permit.take());
         self.shared.changed.notify_waiters();
@@ -218,7 +224,6 @@ impl Workers {
     fn worker(&self, permit: OwnedSemaphorePermit) -> Worker {
         Worker {
             permit: Some(permit),
-            since: Instant::now(),
             shared: Arc::clone(&self.shared),
         }
     }
@@ -635,11 +640,16 @@ impl OptimizerService {
         let limits = self.limits;
         let cancel = ticket.cancel.clone();
         off_the_runtime("pipeline", move || {
-            let _worker = worker;
             let _busy =
                 Gauge::raise(metrics::gauge!("nws_optimizer_busy_workers", "service" => OPTIMIZER.name));
+            let started = Instant::now();
             // The blocking pool's thread works inside the call's trace.
-            span.in_scope(|| pipeline::run(&input, &options, &limits, &cancel))
+            let output = span.in_scope(|| pipeline::run(&input, &options, &limits, &cancel));
+            // A cancelled run says nothing of how long a call takes.
+            if !matches!(output, Err(OptimizeError::Cancelled { .. })) {
+                worker.record(started.elapsed());
+            }
+            output
         })
         .await
     }
@@ -1074,22 +1084,19 @@ mod pool_tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_time_a_worker_is_held_is_measured() {
+    async fn the_service_time_is_the_seed_until_measured_then_follows_the_latest_calls() {
         let workers = Workers::new(1);
         assert_eq!(
             workers.service_time(),
             SEED_SERVICE_TIME,
             "the seed, until measured"
         );
-        // The first measurement replaces the seed...
         let worker = workers.interactive().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(worker);
+        // The first measurement replaces the seed...
+        worker.record(Duration::from_millis(300));
         assert_eq!(workers.service_time(), Duration::from_millis(300));
         // ...the next ones move the mean a fifth of the way.
-        let worker = workers.queued().await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        drop(worker);
+        worker.record(Duration::from_millis(800));
         let mean = workers.service_time();
         assert!(
             mean.abs_diff(Duration::from_millis(400)) < Duration::from_micros(1),
