@@ -33,7 +33,7 @@ async fn slow_clients_are_cut_off_and_excess_requests_shed_with_retry_after() {
         ("NWS_HEADER_READ_TIMEOUT", "2s"),
         ("NWS_BODY_READ_TIMEOUT", "3s"),
         ("NWS_MAX_CONCURRENT_REQUESTS", "1"),
-        ("RUST_LOG", "info,tower_http=debug"),
+        ("RUST_LOG", "info,tower_http=debug,nws_runtime::http=debug"),
     ]);
     let address = mesh.process.addr("gateway");
 
@@ -58,15 +58,13 @@ async fn slow_clients_are_cut_off_and_excess_requests_shed_with_retry_after() {
             b"POST /v1/watermark HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n\xFF\xD8\xFF\xE0",
         )
         .unwrap();
-    // Once the stalled request holds the slot (it takes it as it starts),
+    // Once the stalled request holds the slot (logged as "request admitted"),
     // others are shed. Polling with requests would compete for the slot.
     mesh.process
-        .until("the stalled upload starting", |events| {
+        .until("the stalled upload holding the slot", |events| {
             events
                 .iter()
-                .any(|e| {
-                    e["message"] == "started processing request" && e["span"]["url.path"] == "/v1/watermark"
-                })
+                .any(|e| e["message"] == "request admitted" && e["span"]["url.path"] == "/v1/watermark")
                 .then_some(())
         })
         .await;

@@ -323,6 +323,9 @@ async fn shed_load(State(permits): State<Arc<Semaphore>>, request: Request, next
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
+    // What a test (or an operator at debug level) can wait for: the
+    // request holds a slot from here on.
+    tracing::debug!("request admitted");
     next.run(request).await.map(|body| {
         Body::new(HoldsPermit {
             body,
