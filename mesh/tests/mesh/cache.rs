@@ -13,7 +13,7 @@ use crate::{Mesh, assert_json_error};
 const TINY: &str = "tiny_16x16.jpg";
 
 fn shared_redis_url() -> String {
-    std::env::var("NWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    nws_runtime::testing::redis_url()
 }
 
 /// A key prefix no other test or run shares.

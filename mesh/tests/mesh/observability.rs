@@ -235,7 +235,7 @@ async fn the_dashboard_charts_only_series_the_services_expose() {
     // upload with Redis and a collector configured.
     let receiver = OtlpReceiver::start().await;
     let endpoint = receiver.endpoint();
-    let redis = std::env::var("NWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let redis = nws_runtime::testing::redis_url();
     let prefix = format!("nws-dashboard-test:{}:", std::process::id());
     let mesh = Mesh::start_with(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
