@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Per-image pipeline timings through the real mesh (release build, one
 # optimizer worker), next to libvips doing the same resize + encode in the
-# same run. Prints a Markdown table for BENCHMARKS.md.
+# same run, then whole uploads of the 12 MP photo as JPEG, WebP and AVIF
+# with their SSIM. Prints Markdown tables for BENCHMARKS.md, and the load
+# average before and after (other work on the machine skews every figure).
 #   bash benches/pipeline.sh [runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +28,6 @@ trap 'kill $MESH 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do grep -q '"service":"gateway"' "$LOG" 2>/dev/null && break; sleep 0.1; done
 ADDR="$(grep -o '"service":"gateway","addr":"[^"]*"' "$LOG" | sed 's/.*"addr":"//; s/"$//')"
 
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$VENV/bin/python" benches/pipeline_report.py --gateway "http://$ADDR" --images "$IMAGES" --runs "$RUNS"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,8 +3,15 @@ optimizer's stages), through libvips in-process (pyvips, one thread, no
 operation cache: thumbnail with shrink-on-load, then JPEG Q85 without
 metadata), and, for JPEGs, the libjpeg-turbo floor: `djpeg -scale 1/N` at
 the same shrink-on-load scale plus `cjpeg -quality 85` of an image the size
-of the output. Prints medians as a Markdown table. Called by
-benches/pipeline.sh, which runs it with pyvips installed."""
+of the output. Prints medians as a Markdown table, each photo's time as a
+ratio to libvips'.
+
+Then the output formats: whole uploads of the 12 MP photo as JPEG, WebP and
+AVIF (default quality), their medians and ratios to the JPEG upload, and
+the SSIM of each output against the lossless (PNG) render of the same
+request, computed by libvips (luma, Gaussian windows σ = 1.5, the usual
+SSIM constants). Called by benches/pipeline.sh, which runs it with pyvips
+installed."""
 
 import argparse
 import os
@@ -21,13 +28,17 @@ pyvips.cache_set_max(0)
 
 
 RUNS = iter(range(1 << 30))
+STAGES = ("decode", "resize", "watermark", "encode")
 
 
-def upload(url: str, image: pathlib.Path) -> tuple[float, dict[str, float], tuple[int, int]]:
+def upload(url: str, image: pathlib.Path, query: str = "format=auto", text: str | None = None,
+           output: str = "/dev/null") -> tuple[float, dict[str, float], tuple[int, int]]:
     # A text of its own per upload: every run computes, none hits the cache.
+    text = text or f"NWS%20{next(RUNS)}"
     out = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-D", "-", "-w", "total=%{time_total}\n",
-         "--data-binary", f"@{image}", "-H", "Content-Type: application/octet-stream", f"{url}/v1/watermark?format=auto&wm_text=NWS%20{next(RUNS)}"],
+        ["curl", "-sS", "-o", output, "-D", "-", "-w", "total=%{time_total}\n",
+         "--data-binary", f"@{image}", "-H", "Content-Type: application/octet-stream",
+         f"{url}/v1/watermark?{query}&wm_text={text}"],
         check=True, capture_output=True, text=True,
     ).stdout
     stages: dict[str, float] = {}
@@ -42,7 +53,10 @@ def upload(url: str, image: pathlib.Path) -> tuple[float, dict[str, float], tupl
         if line.lower().startswith("server-timing:"):
             for entry in line.split(":", 1)[1].split(","):
                 name = entry.strip().split(";")[0]
-                stages[name] = float(entry.rsplit("dur=", 1)[1])
+                # The optimizer's stages; the gateway's own entries (trace,
+                # upload, cache tiers, total) are not part of them.
+                if name in STAGES and "dur=" in entry:
+                    stages[name] = float(entry.rsplit("dur=", 1)[1])
         if line.startswith("total="):
             total = float(line[6:]) * 1000
     return total, stages, (size[0], size[1])
@@ -71,9 +85,11 @@ def floor(image: pathlib.Path, output: tuple[int, int], runs: int) -> float | No
     width, height = output
     if source.get_typeof("orientation") and source.get("orientation") in (5, 6, 7, 8):
         width, height = height, width
-    denom = next(d for d in (8, 4, 2, 1)
-                 if -(-source.width // d) >= width and -(-source.height // d) >= height)
-    decode = ["djpeg", "-scale", f"1/{denom}", "-outfile", "/dev/null", str(image)]
+    # The smallest M/8 whose size (rounded up, as libjpeg does) covers the
+    # output: the scale the optimizer decodes at.
+    eighths = next(m for m in range(1, 9)
+                   if -(-source.width * m // 8) >= width and -(-source.height * m // 8) >= height)
+    decode = ["djpeg", "-scale", f"{eighths}/8", "-outfile", "/dev/null", str(image)]
     with tempfile.NamedTemporaryFile(suffix=".ppm") as ppm:
         pyvips.Image.thumbnail(str(image), output[0], height=output[1]).write_to_file(ppm.name)
         encode = ["cjpeg", "-quality", "85", "-outfile", "/dev/null", ppm.name]
@@ -82,11 +98,52 @@ def floor(image: pathlib.Path, output: tuple[int, int], runs: int) -> float | No
                 + statistics.median(timed(encode) for _ in range(runs)))
 
 
+def ssim(reference: str, other: str) -> float:
+    """Mean SSIM of the luma of two images of the same size."""
+    def luma(path: str) -> pyvips.Image:
+        image = pyvips.Image.new_from_file(path, access="sequential")
+        if image.hasalpha():
+            image = image.flatten(background=[255, 255, 255])
+        return image.colourspace("b-w")[0].cast("double").copy_memory()
+    x, y = luma(reference), luma(other)
+    blur = lambda image: image.gaussblur(1.5, precision="float")
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    index = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return index.avg()
+
+
+def formats(url: str, image: pathlib.Path, runs: int) -> None:
+    """Whole uploads of one photo per output format, against JPEG's."""
+    print()
+    print(f"Uploads of {image.name} by output format (default quality; medians of {runs}):")
+    print()
+    print("| output | upload total (HTTP) | encode stage | vs JPEG upload | bytes | SSIM vs lossless |")
+    print("|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as work:
+        reference = f"{work}/reference.png"
+        upload(url, image, "format=png", "NWS%20quality", reference)
+        jpeg_total = None
+        for name in ("jpeg", "webp", "avif"):
+            upload(url, image, f"format={name}")  # warm-up
+            timed_runs = [upload(url, image, f"format={name}") for _ in range(runs)]
+            total = statistics.median(r[0] for r in timed_runs)
+            encode = statistics.median(r[1].get("encode", 0.0) for r in timed_runs)
+            jpeg_total = jpeg_total or total
+            output = f"{work}/output.{name}"
+            upload(url, image, f"format={name}", "NWS%20quality", output)
+            quality = ssim(reference, output)
+            print(f"| {name.upper()} | {total:.1f} ms | {encode:.1f} ms | {total / jpeg_total:.2f}× "
+                  f"| {os.path.getsize(output):,} | {quality:.4f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gateway", required=True)
     parser.add_argument("--images", required=True, type=pathlib.Path)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--formats-image", default="kleiber_4000x3000.jpg")
     args = parser.parse_args()
     print("| image | decode | resize | watermark | encode | optimizer stages | upload total (HTTP) "
           "| libvips thumbnail + encode | stages / libvips | libjpeg-turbo floor | stages / floor |")
@@ -106,6 +163,7 @@ def main() -> None:
         print(f"| {image.name} | {med('decode'):.1f} | {med('resize'):.1f} | {med('watermark'):.2f} | "
               f"{med('encode'):.1f} | {stages:.1f} | {total:.1f} | {vips_ms:.1f} | {stages / vips_ms:.2f}× "
               f"| {floor_cells} |")
+    formats(args.gateway, args.images / args.formats_image, args.runs)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ mkdir -p "$TOOLS"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "build tools: cmake and nasm (libjpeg-turbo is built from source, with SIMD)"
+step "build tools: cmake and nasm (libjpeg-turbo is built from source, with SIMD), libheif (HEIC and AVIF input)"
 # shellcheck source=scripts/build-tools.sh
 source scripts/build-tools.sh
 ensure_build_tools
 cmake --version | head -1
 nasm -v
+echo "libheif $(pkg-config --modversion libheif)"
 
 step "system tools the tests use: python3 with venv, redis-server"
 # A bare machine has Rust and a C compiler only. These come from the

@@ -8,14 +8,14 @@ use prost::Message as _;
 
 use crate::{
     media,
-    pb::{ImageFormat, OptimizeOptions, Position, ResizeFilter},
+    pb::{Font, ImageFormat, OptimizeOptions, Position, ResizeFilter},
 };
 
 /// Version of the pixels the pipeline produces for given options. Bump it
 /// whenever a change alters output bytes (codec settings, the font, the
 /// resampler, the ink rule): it is part of every cache key, so an upgrade
 /// never serves renders made by the old pipeline.
-pub const PIPELINE_VERSION: &str = "2026-11-29.1";
+pub const PIPELINE_VERSION: &str = "2026-11-29.3";
 
 /// Opacity of the text when the caller does not choose one.
 pub const DEFAULT_OPACITY: f32 = 0.85;
@@ -34,20 +34,54 @@ impl std::error::Error for BadOptions {}
 
 pub const DEFAULT_TEXT: &str = "NWS Watermark";
 pub const MAX_TEXT_CHARS: usize = 200;
+/// Lines of text a mark may have.
+pub const MAX_TEXT_LINES: usize = 8;
 pub const DEFAULT_QUALITY: u8 = 85;
 pub const DEFAULT_MAX_WIDTH: u32 = 1920;
 pub const DEFAULT_MAX_HEIGHT: u32 = 1080;
 /// The largest box a caller may ask for; bigger outputs are not web images.
 pub const MAX_BOX_SIDE: u32 = 8192;
+/// Text height relative to the output height when the caller does not
+/// choose one.
+pub const DEFAULT_TEXT_SIZE: f32 = 0.04;
+/// The largest text height: half the output.
+pub const MAX_TEXT_SIZE: f32 = 0.5;
+/// Width of an image mark relative to the output width by default.
+pub const DEFAULT_IMAGE_SCALE: f32 = 0.2;
+/// The largest image mark (a logo), so one can never cost what a photo
+/// does: refused from its size and header before it is decoded.
+pub const MAX_MARK_IMAGE_BYTES: u64 = 8 << 20;
+pub const MAX_MARK_IMAGE_SIDE: u32 = 4096;
+pub const MAX_MARK_IMAGE_PIXELS: u64 = 4_000_000;
 
 /// Options after validation: every value is in range and defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    /// The text of the mark, lines separated by `\n`; empty only when the
+    /// mark is an image alone.
     pub text: String,
     pub position: Position,
-    /// Text opacity in (0, 1].
+    /// Opacity of the mark in (0, 1].
     pub opacity: f32,
     pub tiled: bool,
+    /// Shift from the anchor: pixels when |value| >= 1, else a fraction of
+    /// the output's width (x) or height (y).
+    pub offset_x: f32,
+    pub offset_y: f32,
+    /// Degrees clockwise, in (-180, 180].
+    pub rotate: f32,
+    /// Gap between tiles: 0 for the default, pixels when >= 1, else a
+    /// fraction of the output width.
+    pub spacing: f32,
+    /// A fixed ink (RGBA) instead of the adaptive one.
+    pub color: Option<[u8; 4]>,
+    /// Text height as a fraction of the output height, in (0, 0.5].
+    pub text_size: f32,
+    pub font: Font,
+    /// The image mark: the SHA-256 (lowercase hex) of an original in Storage.
+    pub image_sha256: Option<String>,
+    /// Width of the image mark as a fraction of the output width, in (0, 1].
+    pub image_scale: f32,
     pub resize_filter: ResizeFilter,
     /// `Unspecified` is resolved once the image is decoded, from `accept`.
     pub format: ImageFormat,
@@ -69,6 +103,15 @@ impl Default for Options {
             position: Position::BottomRight,
             opacity: DEFAULT_OPACITY,
             tiled: false,
+            offset_x: 0.0,
+            offset_y: 0.0,
+            rotate: 0.0,
+            spacing: 0.0,
+            color: None,
+            text_size: DEFAULT_TEXT_SIZE,
+            font: Font::Sans,
+            image_sha256: None,
+            image_scale: DEFAULT_IMAGE_SCALE,
             resize_filter: ResizeFilter::Lanczos3,
             format: ImageFormat::Unspecified,
             accept: Vec::new(),
@@ -87,14 +130,15 @@ impl TryFrom<OptimizeOptions> for Options {
     fn try_from(wire: OptimizeOptions) -> Result<Self, Self::Error> {
         let bad = BadOptions;
 
-        let text: String = wire.watermark_text.chars().filter(|c| !c.is_control()).collect();
-        let text = text.trim();
-        if text.chars().count() > MAX_TEXT_CHARS {
-            return Err(bad(format!(
-                "watermark_text has {} characters; at most {MAX_TEXT_CHARS} are allowed",
-                text.chars().count()
-            )));
-        }
+        let image_sha256 = match wire.image_sha256.trim() {
+            "" => None,
+            hash => Some(sha256_hex(hash).ok_or_else(|| {
+                bad(format!(
+                    "image_sha256 {hash:?} is not a SHA-256: use 64 hexadecimal characters"
+                ))
+            })?),
+        };
+        let text = mark_text(&wire.watermark_text)?;
 
         let position = match Position::try_from(wire.position) {
             Ok(Position::Unspecified) => Position::BottomRight,
@@ -113,6 +157,54 @@ impl TryFrom<OptimizeOptions> for Options {
             )));
         };
 
+        let side_limit = MAX_BOX_SIDE as f32;
+        for (name, value) in [("offset_x", wire.offset_x), ("offset_y", wire.offset_y)] {
+            // NaN is out of range too.
+            let in_range = value.abs() <= side_limit;
+            if !in_range {
+                return Err(bad(format!(
+                    "{name} {value} is out of range: use -{MAX_BOX_SIDE} to {MAX_BOX_SIDE} pixels, or a fraction of the output between -1 and 1"
+                )));
+            }
+        }
+        let turn_in_range = wire.rotate.abs() <= 360.0;
+        if !turn_in_range {
+            return Err(bad(format!(
+                "rotate {} is out of range: use -360 to 360 degrees",
+                wire.rotate
+            )));
+        }
+        if !(0.0..=side_limit).contains(&wire.spacing) {
+            return Err(bad(format!(
+                "spacing {} is out of range: use 0 (the default) to {MAX_BOX_SIDE} pixels, or a fraction of the output width below 1",
+                wire.spacing
+            )));
+        }
+        let color = match wire.color.trim() {
+            "" => None,
+            given => Some(parse_color(given).ok_or_else(|| {
+                bad(format!(
+                    "color {given:?} is not a colour: use #rrggbb or #rrggbbaa (hexadecimal), or #rgb / #rgba"
+                ))
+            })?),
+        };
+        let text_size = fraction(wire.text_size, DEFAULT_TEXT_SIZE, MAX_TEXT_SIZE)
+            .ok_or_else(|| bad(format!(
+                "text_size {} is out of range: use more than 0 up to {MAX_TEXT_SIZE} (of the output height), or 0 for the default",
+                wire.text_size
+            )))?;
+        let image_scale = fraction(wire.image_scale, DEFAULT_IMAGE_SCALE, 1.0).ok_or_else(|| {
+            bad(format!(
+                "image_scale {} is out of range: use more than 0 up to 1 (of the output width), or 0 for the default",
+                wire.image_scale
+            ))
+        })?;
+        let font = match Font::try_from(wire.font) {
+            Ok(Font::Unspecified) => Font::Sans,
+            Ok(font) => font,
+            Err(_) => return Err(bad(format!("font {} is not a known Font", wire.font))),
+        };
+
         let resize_filter = match ResizeFilter::try_from(wire.resize_filter) {
             Ok(ResizeFilter::Unspecified) => ResizeFilter::Lanczos3,
             Ok(filter) => filter,
@@ -125,10 +217,13 @@ impl TryFrom<OptimizeOptions> for Options {
         };
 
         let format = match ImageFormat::try_from(wire.format) {
-            Ok(ImageFormat::Gif) => {
-                return Err(bad("GIF is accepted as input but not offered as output".into()));
+            Ok(format) if media::is_output(format) || format == ImageFormat::Unspecified => format,
+            Ok(format) => {
+                return Err(bad(format!(
+                    "{} is accepted as input but not offered as output",
+                    media::name(format)
+                )));
             }
-            Ok(format) => format,
             Err(_) => return Err(bad(format!("format {} is not a known ImageFormat", wire.format))),
         };
 
@@ -151,14 +246,22 @@ impl TryFrom<OptimizeOptions> for Options {
         };
 
         Ok(Self {
-            text: if text.is_empty() {
-                DEFAULT_TEXT.to_owned()
-            } else {
-                text.to_owned()
+            text: match (text.is_empty(), &image_sha256) {
+                (true, None) => DEFAULT_TEXT.to_owned(),
+                _ => text,
             },
             position,
             opacity,
             tiled: wire.tiled,
+            offset_x: wire.offset_x,
+            offset_y: wire.offset_y,
+            rotate: normalized_degrees(wire.rotate),
+            spacing: wire.spacing,
+            color,
+            text_size,
+            font,
+            image_sha256,
+            image_scale,
             resize_filter,
             format,
             accept: wire.accept,
@@ -169,6 +272,82 @@ impl TryFrom<OptimizeOptions> for Options {
             max_height: side(wire.max_height, DEFAULT_MAX_HEIGHT, "max_height")?,
         })
     }
+}
+
+/// The text as drawn: line breaks kept (`\r\n` and `\r` become `\n`),
+/// other control characters dropped, blank lines at either end trimmed.
+fn mark_text(given: &str) -> Result<String, BadOptions> {
+    let unified = given.replace("\r\n", "\n").replace('\r', "\n");
+    let kept: String = unified
+        .chars()
+        .filter(|c| *c == '\n' || !c.is_control())
+        .collect();
+    let text = kept.trim();
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(BadOptions(format!(
+            "watermark_text has {chars} characters; at most {MAX_TEXT_CHARS} are allowed"
+        )));
+    }
+    let lines = text.lines().count();
+    if lines > MAX_TEXT_LINES {
+        return Err(BadOptions(format!(
+            "watermark_text has {lines} lines; at most {MAX_TEXT_LINES} are allowed"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+/// A value in (0, `max`], or the default for 0; `None` when out of range.
+fn fraction(value: f32, default: f32, max: f32) -> Option<f32> {
+    match value {
+        0.0 => Some(default),
+        v if v > 0.0 && v <= max => Some(v),
+        _ => None,
+    }
+}
+
+/// The same turn in (-180, 180], so equivalent rotations share a key.
+fn normalized_degrees(degrees: f32) -> f32 {
+    let turned = degrees.rem_euclid(360.0);
+    if turned > 180.0 { turned - 360.0 } else { turned }
+}
+
+/// 64 hexadecimal characters, lowercased.
+fn sha256_hex(given: &str) -> Option<String> {
+    (given.len() == 64 && given.bytes().all(|b| b.is_ascii_hexdigit())).then(|| given.to_ascii_lowercase())
+}
+
+/// `#rgb`, `#rgba`, `#rrggbb` or `#rrggbbaa`, the `#` optional.
+pub fn parse_color(given: &str) -> Option<[u8; 4]> {
+    let hex = given.strip_prefix('#').unwrap_or(given);
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let nibble = |i: usize| u8::from_str_radix(&hex[i..=i], 16).ok();
+    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
+    match hex.len() {
+        3 | 4 => {
+            let mut rgba = [255u8; 4];
+            for (i, channel) in rgba.iter_mut().enumerate().take(hex.len()) {
+                *channel = nibble(i)? * 17;
+            }
+            Some(rgba)
+        }
+        6 | 8 => {
+            let mut rgba = [255u8; 4];
+            for (i, channel) in rgba.iter_mut().enumerate().take(hex.len() / 2) {
+                *channel = byte(2 * i)?;
+            }
+            Some(rgba)
+        }
+        _ => None,
+    }
+}
+
+/// The colour as the canonical form writes it: `#rrggbbaa`.
+pub fn color_hex([r, g, b, a]: [u8; 4]) -> String {
+    format!("#{r:02x}{g:02x}{b:02x}{a:02x}")
 }
 
 impl Options {
@@ -199,6 +378,11 @@ impl Options {
         self
     }
 
+    /// Whether the mark has text (it may be an image alone).
+    pub fn has_text(&self) -> bool {
+        !self.text.is_empty()
+    }
+
     /// The options as a deterministic byte string: defaults written out,
     /// the format negotiated, and settings that cannot change the output
     /// zeroed. Two requests with equal canonical bytes get identical images
@@ -206,9 +390,21 @@ impl Options {
     pub fn canonical(&self) -> Vec<u8> {
         let negotiated = self.clone().negotiate();
         let may_be_jpeg = matches!(negotiated.format, ImageFormat::Jpeg | ImageFormat::Unspecified);
+        let has_text = negotiated.has_text();
         let mut wire = negotiated.to_wire();
         wire.progressive &= may_be_jpeg;
         wire.keep_metadata &= may_be_jpeg;
+        if !wire.tiled {
+            wire.spacing = 0.0;
+        }
+        if !has_text {
+            wire.color.clear();
+            wire.text_size = 0.0;
+            wire.font = 0;
+        }
+        if wire.image_sha256.is_empty() {
+            wire.image_scale = 0.0;
+        }
         wire.encode_to_vec()
     }
 
@@ -229,6 +425,15 @@ impl Options {
             resize_filter: self.resize_filter as i32,
             keep_metadata: self.keep_metadata,
             input_size: 0,
+            offset_x: self.offset_x,
+            offset_y: self.offset_y,
+            rotate: self.rotate,
+            spacing: self.spacing,
+            color: self.color.map(color_hex).unwrap_or_default(),
+            text_size: self.text_size,
+            font: self.font as i32,
+            image_sha256: self.image_sha256.clone().unwrap_or_default(),
+            image_scale: self.image_scale,
         }
     }
 }
@@ -537,10 +742,19 @@ mod tests {
     #[test]
     fn the_wire_form_carries_every_option_back() {
         let chosen = Options {
-            text: "mine".into(),
-            position: Position::Center,
+            text: "mine\nsecond line".into(),
+            position: Position::Left,
             opacity: 0.5,
             tiled: true,
+            offset_x: -12.0,
+            offset_y: 0.25,
+            rotate: -30.0,
+            spacing: 40.0,
+            color: Some([0x12, 0x34, 0x56, 0x80]),
+            text_size: 0.1,
+            font: Font::Serif,
+            image_sha256: Some("ab".repeat(32)),
+            image_scale: 0.5,
             resize_filter: ResizeFilter::Fast,
             format: ImageFormat::Png,
             accept: accept("image/webp"),
@@ -554,11 +768,218 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_dropped() {
+    fn line_breaks_are_kept_and_other_control_characters_dropped() {
         let wire = OptimizeOptions {
-            watermark_text: "a\u{0}b\nc".into(),
+            watermark_text: "a\u{0}b\r\nc\rd\t".into(),
             ..Default::default()
         };
-        assert_eq!(Options::try_from(wire).unwrap().text, "abc");
+        assert_eq!(Options::try_from(wire).unwrap().text, "ab\nc\nd");
+        let wire = OptimizeOptions {
+            watermark_text: "l\n".repeat(MAX_TEXT_LINES + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            options(wire).unwrap_err().0,
+            "watermark_text has 9 lines; at most 8 are allowed"
+        );
+    }
+
+    #[test]
+    fn an_image_mark_has_no_default_text() {
+        let hash = "AB".repeat(32);
+        let logo_only = options(OptimizeOptions {
+            image_sha256: hash.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(logo_only.image_sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert!(!logo_only.has_text());
+        assert_eq!(Options::try_from(logo_only.to_wire()).unwrap(), logo_only);
+        let both = options(OptimizeOptions {
+            image_sha256: hash,
+            watermark_text: "© me".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(both.text, "© me");
+        for refused in ["abc", &"g".repeat(64), &"a".repeat(65)] {
+            let message = options(OptimizeOptions {
+                image_sha256: refused.to_owned(),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .0;
+            assert!(message.starts_with("image_sha256"), "{message}");
+        }
+    }
+
+    #[test]
+    fn colours_are_hex_with_optional_alpha_and_written_in_full() {
+        for (given, rgba) in [
+            ("#ff8000", [255, 128, 0, 255]),
+            ("FF800080", [255, 128, 0, 128]),
+            ("#f80", [255, 136, 0, 255]),
+            ("#f808", [255, 136, 0, 136]),
+        ] {
+            assert_eq!(parse_color(given), Some(rgba), "{given}");
+            let chosen = options(OptimizeOptions {
+                color: given.into(),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(chosen.color, Some(rgba));
+            assert_eq!(chosen.to_wire().color, color_hex(rgba));
+        }
+        for refused in ["red", "#12345", "#ggg", "#1234567890"] {
+            let message = options(OptimizeOptions {
+                color: refused.into(),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .0;
+            assert!(message.starts_with(&format!("color {refused:?}")), "{message}");
+        }
+    }
+
+    #[test]
+    fn placement_values_are_bounded() {
+        for (wire, name) in [
+            (
+                OptimizeOptions {
+                    offset_x: 9000.0,
+                    ..Default::default()
+                },
+                "offset_x 9000",
+            ),
+            (
+                OptimizeOptions {
+                    offset_y: f32::NAN,
+                    ..Default::default()
+                },
+                "offset_y NaN",
+            ),
+            (
+                OptimizeOptions {
+                    rotate: 361.0,
+                    ..Default::default()
+                },
+                "rotate 361",
+            ),
+            (
+                OptimizeOptions {
+                    spacing: -1.0,
+                    ..Default::default()
+                },
+                "spacing -1",
+            ),
+            (
+                OptimizeOptions {
+                    text_size: 0.6,
+                    ..Default::default()
+                },
+                "text_size 0.6",
+            ),
+            (
+                OptimizeOptions {
+                    image_scale: 1.5,
+                    ..Default::default()
+                },
+                "image_scale 1.5",
+            ),
+            (
+                OptimizeOptions {
+                    font: 99,
+                    ..Default::default()
+                },
+                "font 99",
+            ),
+            (
+                OptimizeOptions {
+                    format: ImageFormat::Gif as i32,
+                    ..Default::default()
+                },
+                "GIF is accepted as input but not offered as output",
+            ),
+        ] {
+            let message = options(wire).unwrap_err().0;
+            assert!(message.starts_with(name), "{message}");
+        }
+    }
+
+    #[test]
+    fn equivalent_marks_share_a_key_and_settings_that_draw_nothing_do_not_count() {
+        let key = |wire: OptimizeOptions| options(wire).unwrap().canonical();
+        // The same turn.
+        assert_eq!(
+            key(OptimizeOptions {
+                rotate: 330.0,
+                ..Default::default()
+            }),
+            key(OptimizeOptions {
+                rotate: -30.0,
+                ..Default::default()
+            })
+        );
+        // Spacing matters only to a tiled mark.
+        assert_eq!(
+            key(OptimizeOptions {
+                spacing: 50.0,
+                ..Default::default()
+            }),
+            key(OptimizeOptions::default())
+        );
+        assert_ne!(
+            key(OptimizeOptions {
+                spacing: 50.0,
+                tiled: true,
+                ..Default::default()
+            }),
+            key(OptimizeOptions {
+                tiled: true,
+                ..Default::default()
+            })
+        );
+        // Text settings matter only when there is text.
+        let logo = "ab".repeat(32);
+        assert_eq!(
+            key(OptimizeOptions {
+                image_sha256: logo.clone(),
+                font: Font::Mono as i32,
+                color: "#fff".into(),
+                ..Default::default()
+            }),
+            key(OptimizeOptions {
+                image_sha256: logo.clone(),
+                ..Default::default()
+            })
+        );
+        // The image scale only when there is an image.
+        assert_eq!(
+            key(OptimizeOptions {
+                image_scale: 0.5,
+                ..Default::default()
+            }),
+            key(OptimizeOptions::default())
+        );
+        assert_ne!(
+            key(OptimizeOptions {
+                image_sha256: logo.clone(),
+                image_scale: 0.5,
+                ..Default::default()
+            }),
+            key(OptimizeOptions {
+                image_sha256: logo,
+                ..Default::default()
+            })
+        );
+        // Defaults spelled out are the defaults.
+        assert_eq!(
+            key(OptimizeOptions {
+                font: Font::Sans as i32,
+                text_size: DEFAULT_TEXT_SIZE,
+                ..Default::default()
+            }),
+            key(OptimizeOptions::default())
+        );
     }
 }

@@ -10,10 +10,10 @@
 
 use crate::{
     options::{
-        BadOptions, DEFAULT_MAX_HEIGHT, DEFAULT_MAX_WIDTH, DEFAULT_OPACITY, DEFAULT_QUALITY, DEFAULT_TEXT,
-        MAX_BOX_SIDE, MAX_TEXT_CHARS,
+        BadOptions, DEFAULT_IMAGE_SCALE, DEFAULT_MAX_HEIGHT, DEFAULT_MAX_WIDTH, DEFAULT_OPACITY,
+        DEFAULT_QUALITY, DEFAULT_TEXT, DEFAULT_TEXT_SIZE, MAX_BOX_SIDE, MAX_TEXT_CHARS, MAX_TEXT_SIZE,
     },
-    pb::{ImageFormat, OptimizeOptions, Position, ResizeFilter},
+    pb::{Font, ImageFormat, OptimizeOptions, Position, ResizeFilter},
 };
 
 /// One option, by its HTTP name.
@@ -42,15 +42,40 @@ pub enum Kind {
         max: u32,
         default: u32,
     },
-    /// A number in (0, 1].
+    /// A number in (0, `max`].
     Fraction {
         default: f32,
+        max: f32,
+    },
+    /// A number in [`min`, `max`], fractional or not.
+    Number {
+        min: f32,
+        max: f32,
+        default: f32,
+    },
+    /// Text matching a regular expression (documented; the rule is
+    /// [`Options`]').
+    Pattern {
+        pattern: &'static str,
     },
     /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`; empty means true).
     Flag,
 }
 
-pub const POSITIONS: &[&str] = &["bottom-right", "bottom-left", "top-right", "top-left", "center"];
+pub const POSITIONS: &[&str] = &[
+    "bottom-right",
+    "bottom-left",
+    "top-right",
+    "top-left",
+    "center",
+    "top",
+    "bottom",
+    "left",
+    "right",
+];
+pub const FONTS: &[&str] = &["sans", "serif", "mono"];
+/// `wm_offset_x`/`_y` and `wm_spacing` in pixels (or a fraction below 1).
+const MAX_SHIFT: f32 = MAX_BOX_SIDE as f32;
 pub const FORMATS: &[&str] = &["auto", "avif", "webp", "jpeg", "png"];
 pub const RESIZE_FILTERS: &[&str] = &["lanczos3", "fast"];
 
@@ -81,7 +106,11 @@ pub const PARAMS: &[Param] = &[
                 "top-right" => Position::TopRight,
                 "bottom-left" => Position::BottomLeft,
                 "bottom-right" => Position::BottomRight,
-                "center" | "centre" => Position::Center,
+                "center" | "centre" | "middle" => Position::Center,
+                "top" | "top-center" | "top-centre" | "north" => Position::Top,
+                "bottom" | "bottom-center" | "bottom-centre" | "south" => Position::Bottom,
+                "left" | "center-left" | "centre-left" | "west" => Position::Left,
+                "right" | "center-right" | "centre-right" | "east" => Position::Right,
                 _ => return Err(not_one_of("wm_position", value, POSITIONS)),
             } as i32;
             Ok(())
@@ -89,21 +118,128 @@ pub const PARAMS: &[Param] = &[
     },
     Param {
         name: "wm_opacity",
-        description: "opacity of the watermark text (its shadow follows)",
+        description: "opacity of the watermark, text and image (the text's shadow follows)",
         kind: Kind::Fraction {
             default: DEFAULT_OPACITY,
+            max: 1.0,
         },
         apply: |wire, value| {
-            let opacity: f32 = value
-                .trim()
-                .parse()
-                .map_err(|_| BadOptions(format!("wm_opacity {value:?} is not a number")))?;
-            if !(opacity > 0.0 && opacity <= 1.0) {
-                return Err(BadOptions(format!(
-                    "wm_opacity {value} is out of range: use more than 0 up to 1"
-                )));
-            }
-            wire.opacity = opacity;
+            wire.opacity = number("wm_opacity", value)?;
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_offset_x",
+        description: "shift of the watermark from its anchor, to the right (negative: left); pixels, or a fraction of the output width when between -1 and 1",
+        kind: Kind::Number {
+            min: -MAX_SHIFT,
+            max: MAX_SHIFT,
+            default: 0.0,
+        },
+        apply: |wire, value| {
+            wire.offset_x = number("wm_offset_x", value)?;
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_offset_y",
+        description: "shift of the watermark from its anchor, downwards (negative: up); pixels, or a fraction of the output height when between -1 and 1",
+        kind: Kind::Number {
+            min: -MAX_SHIFT,
+            max: MAX_SHIFT,
+            default: 0.0,
+        },
+        apply: |wire, value| {
+            wire.offset_y = number("wm_offset_y", value)?;
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_rotate",
+        description: "rotation of the watermark in degrees, clockwise; -30 with wm_tiled is the usual diagonal anti-copy pattern",
+        kind: Kind::Number {
+            min: -360.0,
+            max: 360.0,
+            default: 0.0,
+        },
+        apply: |wire, value| {
+            wire.rotate = number("wm_rotate", value)?;
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_spacing",
+        description: "gap between the repeats of a tiled watermark: pixels, or a fraction of the output width below 1; 0 is two text heights",
+        kind: Kind::Number {
+            min: 0.0,
+            max: MAX_SHIFT,
+            default: 0.0,
+        },
+        apply: |wire, value| {
+            wire.spacing = number("wm_spacing", value)?;
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_color",
+        description: "ink of the text instead of the adaptive one: #rrggbb or #rrggbbaa (alpha multiplies wm_opacity); empty means adaptive",
+        kind: Kind::Pattern {
+            pattern: "^#?([0-9a-fA-F]{3,4}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$",
+        },
+        apply: |wire, value| {
+            wire.color = value.trim().to_owned();
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_size",
+        description: "text height as a fraction of the output height (long text shrinks to fit the width)",
+        kind: Kind::Fraction {
+            default: DEFAULT_TEXT_SIZE,
+            max: MAX_TEXT_SIZE,
+        },
+        apply: |wire, value| {
+            wire.text_size = number("wm_size", value)?;
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_font",
+        description: "typeface of the text (DejaVu Sans, Serif or Sans Mono Bold; CJK from Droid Sans Fallback)",
+        kind: Kind::Choice {
+            values: FONTS,
+            default: "sans",
+        },
+        apply: |wire, value| {
+            wire.font = match normalized(value).as_str() {
+                "sans" | "sans-serif" => Font::Sans,
+                "serif" => Font::Serif,
+                "mono" | "monospace" => Font::Mono,
+                _ => return Err(not_one_of("wm_font", value, FONTS)),
+            } as i32;
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_image_sha256",
+        description: "an image drawn as (or above) the watermark text: the SHA-256 of an image already stored (an earlier upload's original, or the form part `wm_image`), at most 4096 pixels a side and 4 megapixels; with it, the text is drawn only when wm_text is given. `none`: no image, not even the server's default (NWS_WATERMARK_IMAGE)",
+        kind: Kind::Pattern {
+            pattern: "^([0-9a-fA-F]{64}|none)$",
+        },
+        apply: |wire, value| {
+            wire.image_sha256 = value.trim().to_owned();
+            Ok(())
+        },
+    },
+    Param {
+        name: "wm_scale",
+        description: "width of the image watermark as a fraction of the output width",
+        kind: Kind::Fraction {
+            default: DEFAULT_IMAGE_SCALE,
+            max: 1.0,
+        },
+        apply: |wire, value| {
+            wire.image_scale = number("wm_scale", value)?;
             Ok(())
         },
     },
@@ -265,6 +401,36 @@ fn integer(name: &str, value: &str) -> Result<u32, BadOptions> {
     Ok(number)
 }
 
+/// A number within the option's documented range.
+fn number(name: &str, value: &str) -> Result<f32, BadOptions> {
+    let (min, max, above_min) = match PARAMS.iter().find(|p| p.name == name).map(|p| p.kind) {
+        Some(Kind::Fraction { max, .. }) => (0.0, max, true),
+        Some(Kind::Number { min, max, .. }) => (min, max, false),
+        _ => unreachable!("{name} is a number option"),
+    };
+    let number: f32 = value
+        .trim()
+        .parse()
+        .map_err(|_| BadOptions(format!("{name} {value:?} is not a number")))?;
+    let in_range = if above_min {
+        number > min && number <= max
+    } else {
+        (min..=max).contains(&number)
+    };
+    if !in_range {
+        let from = if above_min {
+            format!("more than {min}")
+        } else {
+            min.to_string()
+        };
+        return Err(BadOptions(format!(
+            "{name} {value} is out of range: use {from} up to {max}",
+            value = value.trim()
+        )));
+    }
+    Ok(number)
+}
+
 fn flag(name: &str, value: &str) -> Result<bool, BadOptions> {
     match normalized(value).as_str() {
         "" | "1" | "true" | "yes" | "on" => Ok(true),
@@ -313,8 +479,8 @@ mod tests {
         for (name, value, expected) in [
             (
                 "wm_position",
-                "middle",
-                "wm_position \"middle\" is not one of bottom-right",
+                "nowhere",
+                "wm_position \"nowhere\" is not one of bottom-right",
             ),
             ("format", "bmp", "format \"bmp\""),
             ("quality", "high", "quality \"high\""),
@@ -377,7 +543,30 @@ mod tests {
                     (param.apply)(&mut wire, &"x".repeat(max_chars + 1)).unwrap();
                     assert!(Options::try_from(wire).is_err(), "{}", param.name);
                 }
-                Kind::Fraction { .. } | Kind::Flag => {}
+                Kind::Fraction { max, .. } => {
+                    let mut wire = OptimizeOptions::default();
+                    param.apply(&mut wire, &max.to_string()).unwrap();
+                    assert!(Options::try_from(wire).is_ok(), "{}", param.name);
+                    let mut wire = OptimizeOptions::default();
+                    assert!(param.apply(&mut wire, &(max * 1.01).to_string()).is_err());
+                    assert!(param.apply(&mut wire, "0").is_err(), "{}", param.name);
+                }
+                Kind::Number { min, max, default } => {
+                    for value in [min, max, default] {
+                        let mut wire = OptimizeOptions::default();
+                        param.apply(&mut wire, &value.to_string()).unwrap();
+                        assert!(Options::try_from(wire).is_ok(), "{} {value}", param.name);
+                    }
+                    let mut wire = OptimizeOptions::default();
+                    assert!(param.apply(&mut wire, &(max + 1.0).to_string()).is_err());
+                    assert!(param.apply(&mut wire, &(min - 1.0).to_string()).is_err());
+                }
+                Kind::Pattern { .. } => {
+                    let mut wire = OptimizeOptions::default();
+                    (param.apply)(&mut wire, "not valid!").unwrap();
+                    assert!(Options::try_from(wire).is_err(), "{}", param.name);
+                }
+                Kind::Flag => {}
             }
         }
         let defaults = Options::default();
@@ -403,6 +592,10 @@ mod tests {
             ("bottom-right", Position::BottomRight),
             ("center", Position::Center),
             ("centre", Position::Center),
+            ("top", Position::Top),
+            ("bottom-center", Position::Bottom),
+            ("left", Position::Left),
+            ("centre-right", Position::Right),
         ] {
             assert_eq!(after("wm_position", value).position, position as i32, "{value}");
         }
@@ -444,6 +637,17 @@ mod tests {
             assert_eq!(wire.progressive, on, "{value}");
         }
         assert_eq!(after("wm_text", "mine").watermark_text, "mine");
+        assert_eq!(after("wm_offset_x", "-0.1").offset_x, -0.1);
+        assert_eq!(after("wm_offset_y", "24").offset_y, 24.0);
+        assert_eq!(after("wm_rotate", "-30").rotate, -30.0);
+        assert_eq!(after("wm_spacing", "0.05").spacing, 0.05);
+        assert_eq!(after("wm_color", " #FF000080 ").color, "#FF000080");
+        assert_eq!(after("wm_size", "0.1").text_size, 0.1);
+        assert_eq!(after("wm_font", "Serif").font, Font::Serif as i32);
+        assert_eq!(after("wm_font", "monospace").font, Font::Mono as i32);
+        assert_eq!(after("wm_scale", "0.3").image_scale, 0.3);
+        let hash = "ab".repeat(32);
+        assert_eq!(after("wm_image_sha256", &hash).image_sha256, hash);
         assert_eq!(after("max_height", "480").max_height, 480);
     }
 

@@ -59,6 +59,12 @@ const HEAVY: &[&str] = &[
     "rav1e",
     "ravif",
     "moxcms",
+    "libavif",
+    "libavif-sys",
+    "libaom-sys",
+    "libheif-rs",
+    "libheif-sys",
+    "jxl-oxide",
     "rust-s3",
 ];
 

@@ -18,5 +18,5 @@ fuzz_target!(|data: &[u8]| {
         max_height: 256,
         ..Options::default()
     };
-    let _ = pipeline::run(data, &options, &limits, &CancellationToken::new());
+    let _ = pipeline::run(data, &options, None, &limits, &CancellationToken::new());
 });

@@ -72,6 +72,14 @@ pub struct GatewayConfig {
     #[command(flatten)]
     pub jobs: nws_jobs::JobsConfig,
 
+    /// An image file (PNG or WebP with transparency, usually) drawn as the
+    /// watermark of every upload that names no image of its own
+    /// (`wm_image`, `wm_image_sha256`; `wm_image_sha256=none` opts out).
+    /// With it, the text is drawn only when an upload gives `wm_text`.
+    /// Read at start (at most 8 MiB), kept in Storage on first use.
+    #[arg(long, env = "NWS_WATERMARK_IMAGE")]
+    pub watermark_image: Option<std::path::PathBuf>,
+
     /// Interval of the comments that keep an idle job event stream
     /// (`/v1/jobs/{id}/events`) open through proxies.
     #[arg(long, env = "NWS_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]

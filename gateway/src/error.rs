@@ -133,6 +133,17 @@ impl ApiError {
         }
     }
 
+    /// Whether an upstream's refusal names a field of the request
+    /// (`google.rpc.BadRequest`): an option was at fault, not the image.
+    pub fn names_a_field(&self) -> bool {
+        match self {
+            ApiError::Upstream { status, .. } => status
+                .get_details_bad_request()
+                .is_some_and(|bad| !bad.field_violations.is_empty()),
+            _ => false,
+        }
+    }
+
     /// Whether this says the optimizer cannot serve now, though the request
     /// itself is fine: the same work may succeed later (queued, retried).
     /// True for an open breaker, a busy optimizer (RESOURCE_EXHAUSTED, or

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod config;
 pub mod error;
 mod jobs;
+mod mark_image;
 mod openapi;
 mod query;
 mod results;
@@ -115,6 +116,17 @@ pub async fn build(
         background.clone(),
         streams.clone(),
     );
+    let default_mark = config
+        .watermark_image
+        .as_deref()
+        .map(mark_image::DefaultMark::load)
+        .transpose()?;
+    if let Some(mark) = &default_mark {
+        tracing::info!(
+            sha256 = mark.sha256(),
+            "default watermark image (NWS_WATERMARK_IMAGE)"
+        );
+    }
     let bindings = transcode::bindings(nws_watermark::pb::FILE_DESCRIPTOR_SET)
         .context("gateway: the google.api.http annotations in proto/")?;
     let server = HttpServer::bind("gateway", config.http_addr).await?;
@@ -133,6 +145,7 @@ pub async fn build(
         auto_avif: config.auto_avif,
         policy: edge_policy.clone(),
         jobs,
+        default_mark,
     });
     Ok(App {
         server,

@@ -232,6 +232,11 @@ fn hand_written_paths() -> BTreeMap<String, Value> {
     ])
 }
 
+/// A number as written in the source (0.85), not as the f32 widens.
+fn as_written(value: f32) -> f64 {
+    (f64::from(value) * 1000.0).round() / 1000.0
+}
+
 /// The schema of an upload option, with its default and range from the
 /// same table the parser uses.
 fn param_schema(kind: params::Kind) -> Value {
@@ -245,11 +250,13 @@ fn param_schema(kind: params::Kind) -> Value {
         params::Kind::Integer { min, max, default } => {
             json!({ "type": "integer", "minimum": min, "maximum": max, "default": default })
         }
-        params::Kind::Fraction { default } => {
-            // As written in the source (0.85), not as the f32 widens.
-            let default = (f64::from(default) * 1000.0).round() / 1000.0;
-            json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": default })
+        params::Kind::Fraction { default, max } => {
+            json!({ "type": "number", "exclusiveMinimum": 0, "maximum": as_written(max), "default": as_written(default) })
         }
+        params::Kind::Number { min, max, default } => {
+            json!({ "type": "number", "minimum": as_written(min), "maximum": as_written(max), "default": as_written(default) })
+        }
+        params::Kind::Pattern { pattern } => json!({ "type": "string", "pattern": pattern }),
         params::Kind::Flag => json!({ "type": "boolean", "default": false }),
     }
 }

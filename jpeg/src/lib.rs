@@ -80,27 +80,66 @@ pub struct Decoded<T> {
     pub warning: Option<String>,
 }
 
-/// A downscale applied while decoding, in the DCT domain: `1/denominator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A downscale applied while decoding, in the DCT domain: `eighths/8` of
+/// each side. libjpeg-turbo decodes to every M/8 (M = 1..16); the ones up to
+/// full size are the useful ones here, since enlarging is never asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Scale {
-    pub denominator: u8,
+    eighths: u8,
 }
 
 impl Scale {
-    pub const FULL: Scale = Scale { denominator: 1 };
+    pub const FULL: Scale = Scale { eighths: 8 };
 
-    /// The scales libjpeg-turbo decodes to for nearly free: 1/8, 1/4, 1/2, 1.
-    pub const ALL: [Scale; 4] = [
-        Scale { denominator: 8 },
-        Scale { denominator: 4 },
-        Scale { denominator: 2 },
-        Scale::FULL,
-    ];
+    /// Every scale libjpeg-turbo decodes to at or below full size, smallest
+    /// first: 1/8, 2/8, …, 8/8.
+    pub const ALL: [Scale; 8] = {
+        let mut all = [Scale::FULL; 8];
+        let mut i = 0;
+        while i < 8 {
+            all[i] = Scale { eighths: i as u8 + 1 };
+            i += 1;
+        }
+        all
+    };
 
-    /// A side's length at this scale, rounded up as libjpeg does.
-    pub fn apply(self, side: u32) -> u32 {
-        side.div_ceil(u32::from(self.denominator))
+    /// `eighths/8`, for `eighths` in 1..=8.
+    pub const fn from_eighths(eighths: u8) -> Option<Scale> {
+        match eighths {
+            1..=8 => Some(Scale { eighths }),
+            _ => None,
+        }
     }
+
+    pub fn eighths(self) -> u8 {
+        self.eighths
+    }
+
+    /// The scale as the reduced fraction TurboJPEG's table lists (6/8 is
+    /// `3/4` there, and it refuses any other spelling).
+    pub fn fraction(self) -> (u8, u8) {
+        let divisor = gcd(self.eighths, 8);
+        (self.eighths / divisor, 8 / divisor)
+    }
+
+    /// A side's length at this scale, `ceil(side × M / 8)`, exactly as
+    /// libjpeg computes its output size (`jpeg_calc_output_dimensions`).
+    pub fn apply(self, side: u32) -> u32 {
+        let scaled = (u64::from(side) * u64::from(self.eighths)).div_ceil(8);
+        // At most `side`: M ≤ 8.
+        scaled as u32
+    }
+}
+
+impl std::fmt::Display for Scale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (numerator, denominator) = self.fraction();
+        write!(f, "{numerator}/{denominator}")
+    }
+}
+
+const fn gcd(a: u8, b: u8) -> u8 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// One TurboJPEG decompressor; reuse it for several images on one thread.
@@ -189,9 +228,10 @@ impl Decompressor {
                 pitch * height as usize
             )));
         }
+        let (num, denom) = scale.fraction();
         let factor = raw::tjscalingfactor {
-            num: 1,
-            denom: c_int::from(scale.denominator),
+            num: c_int::from(num),
+            denom: c_int::from(denom),
         };
         // SAFETY: plain value argument on a valid handle.
         let status = unsafe { raw::tj3SetScalingFactor(self.handle.as_ptr(), factor) };
@@ -296,24 +336,99 @@ mod tests {
     }
 
     fn compress(progressive: bool) -> Vec<u8> {
-        let mut rgb = Vec::new();
-        for _y in 0..16 {
-            for x in 0..32 {
-                rgb.extend_from_slice(if x < 16 { &[220, 20, 20] } else { &[20, 20, 220] });
-            }
-        }
+        compress_rgb(32, 16, progressive, |x, _y| {
+            if x < 16 { [220, 20, 20] } else { [20, 20, 220] }
+        })
+    }
+
+    fn compress_rgb(
+        width: usize,
+        height: usize,
+        progressive: bool,
+        pixel: impl Fn(usize, usize) -> [u8; 3],
+    ) -> Vec<u8> {
+        let rgb: Vec<u8> = (0..height)
+            .flat_map(|y| (0..width).map(move |x| (x, y)))
+            .flat_map(|(x, y)| pixel(x, y))
+            .collect();
         let mut compressor = turbojpeg::Compressor::new().unwrap();
         compressor.set_quality(90).unwrap();
         compressor.set_progressive(progressive).unwrap();
         compressor
             .compress_to_vec(turbojpeg::Image {
                 pixels: rgb.as_slice(),
-                width: 32,
-                pitch: 96,
-                height: 16,
+                width,
+                pitch: width * 3,
+                height,
                 format: turbojpeg::PixelFormat::RGB,
             })
             .unwrap()
+    }
+
+    #[test]
+    fn the_scales_are_every_factor_turbojpeg_offers_up_to_full_size() {
+        let mut count: c_int = 0;
+        // SAFETY: returns a pointer to TurboJPEG's static table of `count`
+        // factors (never freed), or null on failure.
+        let table = unsafe { raw::tj3GetScalingFactors(&mut count) };
+        assert!(!table.is_null());
+        // SAFETY: `count` entries live at `table` for the program's life.
+        let offered = unsafe { std::slice::from_raw_parts(table, count as usize) };
+        let mut up_to_full: Vec<(c_int, c_int)> = offered
+            .iter()
+            .filter(|factor| factor.num <= factor.denom)
+            .map(|factor| (factor.num, factor.denom))
+            .collect();
+        up_to_full.sort_by_key(|&(num, denom)| num * 8 / denom);
+        let ours: Vec<(c_int, c_int)> = Scale::ALL
+            .iter()
+            .map(|scale| scale.fraction())
+            .map(|(num, denom)| (c_int::from(num), c_int::from(denom)))
+            .collect();
+        assert_eq!(ours, up_to_full);
+        assert_eq!(Scale::from_eighths(6).unwrap().to_string(), "3/4");
+        assert_eq!(Scale::from_eighths(0), None);
+        assert_eq!(Scale::from_eighths(9), None);
+    }
+
+    #[test]
+    fn sides_scale_to_ceil_of_side_times_m_over_8() {
+        let five = Scale::from_eighths(5).unwrap();
+        assert_eq!((five.apply(3088), five.apply(2056)), (1930, 1285));
+        let three = Scale::from_eighths(3).unwrap();
+        assert_eq!((three.apply(4000), three.apply(3000)), (1500, 1125));
+        assert_eq!(Scale::from_eighths(1).unwrap().apply(1), 1);
+        assert_eq!(Scale::FULL.apply(u32::MAX), u32::MAX);
+        assert_eq!(Scale::from_eighths(7).unwrap().apply(9), 8);
+    }
+
+    /// libjpeg writes exactly `apply(width)`×`apply(height)` pixels at every
+    /// scale: not a byte past them (a sentinel after the image stays), and
+    /// none of them left out (no sentinel pixel inside).
+    #[test]
+    fn decoded_sizes_are_what_apply_says_at_every_scale() {
+        const SENTINEL: u8 = 0xAB;
+        for (width, height) in [(37, 23), (1, 1), (9, 17), (64, 40)] {
+            let jpeg = compress_rgb(width, height, false, |_, _| [200, 90, 40]);
+            let mut decompressor = Decompressor::new(LIMITS).unwrap();
+            for scale in Scale::ALL {
+                let mut out = vec![SENTINEL; width * height * 3 + 64];
+                let decoded = decompressor.decode_rgb(&jpeg, scale, &mut out).unwrap();
+                let (w, h) = (scale.apply(width as u32), scale.apply(height as u32));
+                assert_eq!(decoded.value, (w, h), "{width}×{height} at {scale}");
+                let len = w as usize * h as usize * 3;
+                assert!(
+                    out[len..].iter().all(|&b| b == SENTINEL),
+                    "{width}×{height} at {scale}: written past the image"
+                );
+                for pixel in out[..len].chunks_exact(3) {
+                    assert!(
+                        pixel[0] > 150 && pixel[2] < 100,
+                        "{width}×{height} at {scale}: a pixel not decoded: {pixel:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// Inserts `bytes` just before the first marker `marker` (e.g. 0xDB, DQT).

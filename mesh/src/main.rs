@@ -6,6 +6,11 @@ use nws_runtime::{
     telemetry::{GATEWAY, OPTIMIZER, STORAGE, Services},
 };
 
+// Every allocation through jemalloc, the C codecs' too: it hands idle memory
+// back to the system (BENCHMARKS.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: MeshConfig = parse_or_exit();

@@ -22,12 +22,7 @@ fn stages(c: &mut Criterion) {
     let (w, h) = header.display_size();
     let (width, height) = fit_within(w, h, 1920, 1080);
     let resized = resize::resize(decoded.clone(), width, height, ResizeFilter::Lanczos3).expect("resize");
-    let mark = watermark::Mark {
-        text: "NWS Watermark",
-        position: Position::BottomRight,
-        opacity: watermark::DEFAULT_OPACITY,
-        tiled: false,
-    };
+    let mark = watermark::Mark::text("NWS Watermark", Position::BottomRight);
 
     let mut group = c.benchmark_group("kleiber_4000x3000");
     group.sample_size(20);
@@ -61,6 +56,18 @@ fn stages(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
+    group.bench_function("watermark tiled, rotated -30", |b| {
+        let diagonal = watermark::Mark {
+            tiled: true,
+            rotate: -30.0,
+            ..mark
+        };
+        b.iter_batched_ref(
+            || resized.clone(),
+            |pixels| watermark::draw(pixels, &diagonal),
+            criterion::BatchSize::LargeInput,
+        )
+    });
     for format in [
         ImageFormat::Jpeg,
         ImageFormat::Webp,
@@ -74,7 +81,7 @@ fn stages(c: &mut Criterion) {
     group.bench_function("whole pipeline (JPEG q85)", |b| {
         let options = Options::default();
         let cancel = CancellationToken::new();
-        b.iter(|| pipeline::run(black_box(&input), &options, &LIMITS, &cancel).unwrap())
+        b.iter(|| pipeline::run(black_box(&input), &options, None, &LIMITS, &cancel).unwrap())
     });
     group.finish();
 }

@@ -83,6 +83,11 @@ pub enum OptimizeError {
     #[error("no original with hash {0} is stored")]
     OriginalNotFound(String),
 
+    /// The image the mark names (`image_sha256`) cannot be drawn: not
+    /// stored, not an image, or over the limits of a mark image.
+    #[error("the watermark image {sha256} {problem}")]
+    BadMarkImage { sha256: String, problem: String },
+
     /// Storage failed or could not be reached while the optimizer was
     /// `doing` something (reading the original, keeping the result…).
     #[error("{doing} failed: {cause}")]
@@ -115,7 +120,8 @@ impl OptimizeError {
             | Self::TooManyBytes { .. }
             | Self::TooManyPixels { .. }
             | Self::SideTooLong { .. }
-            | Self::Corrupt(_) => Code::InvalidArgument,
+            | Self::Corrupt(_)
+            | Self::BadMarkImage { .. } => Code::InvalidArgument,
         }
     }
 
@@ -135,6 +141,7 @@ impl OptimizeError {
             | Self::TooManyPixels { .. }
             | Self::SideTooLong { .. }
             | Self::Corrupt(_)
+            | Self::BadMarkImage { .. }
             | Self::OriginalNotFound(_) => true,
             Self::ShortUpload { .. }
             | Self::Upload(_)
@@ -185,6 +192,14 @@ impl From<OptimizeError> for Status {
                 details.set_retry_info(Some(*retry_after));
                 Status::with_error_details(code, message, details)
             }
+            OptimizeError::BadMarkImage { .. } => {
+                // A bad option, not a bad image: the field says which, so a
+                // caller (the gateway) keeps the original it uploaded.
+                tracing::info!(error = %message, "call refused");
+                let mut details = for_user(code, message.clone()).get_error_details();
+                details.add_bad_request_violation(MARK_IMAGE_FIELD, message.clone());
+                Status::with_error_details(code, message, details)
+            }
             OptimizeError::NoIdleWorker
             | OptimizeError::ShortUpload { .. }
             | OptimizeError::OriginalNotFound(_) => for_user(code, message),
@@ -202,6 +217,10 @@ impl From<OptimizeError> for Status {
         }
     }
 }
+
+/// The option a [`OptimizeError::BadMarkImage`] names in its
+/// `google.rpc.BadRequest`.
+pub const MARK_IMAGE_FIELD: &str = "image_sha256";
 
 /// A wait as people read it: `350 ms`, `2 s`, `2.4 s`.
 struct Took(Duration);

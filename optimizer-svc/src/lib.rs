@@ -8,6 +8,7 @@
 mod config;
 mod error;
 mod jobs;
+mod mark_images;
 pub mod pipeline;
 mod service;
 mod storage;

@@ -60,6 +60,7 @@ use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     OptimizeError, OptimizerConfig,
+    mark_images::MarkImages,
     pipeline::{self, Limits, Options, Output},
     storage::OriginalStore,
 };
@@ -79,6 +80,7 @@ pub struct OptimizerService {
     limits: Limits,
     line: Arc<Line>,
     store: Option<OriginalStore>,
+    marks: MarkImages,
 }
 
 /// How a call takes a worker; the module's doc states the rule.
@@ -523,6 +525,7 @@ impl OptimizerService {
                 max_side: config.max_side,
             },
             line: Arc::new(Line::new(workers, config.queue_wait, ceiling)),
+            marks: MarkImages::new(store.clone()),
             store,
         }
     }
@@ -632,6 +635,17 @@ impl OptimizerService {
             nws.priority = ticket.priority.name(),
             nws.queue_wait_ms = Empty,
         );
+        // The mark's image before a worker: a bad one is refused without
+        // taking a worker's time, and a worker never waits on Storage.
+        let mark_image = match &options.image_sha256 {
+            Some(sha256) => Some(
+                ticket
+                    .unless_cancelled("watermark", self.marks.get(sha256))
+                    .instrument(span.clone())
+                    .await?,
+            ),
+            None => None,
+        };
         let waiting = Instant::now();
         let worker = ticket.worker().instrument(span.clone()).await?;
         let waited = waiting.elapsed();
@@ -644,7 +658,8 @@ impl OptimizerService {
                 Gauge::raise(metrics::gauge!("nws_optimizer_busy_workers", "service" => OPTIMIZER.name));
             let started = Instant::now();
             // The blocking pool's thread works inside the call's trace.
-            let output = span.in_scope(|| pipeline::run(&input, &options, &limits, &cancel));
+            let output =
+                span.in_scope(|| pipeline::run(&input, &options, mark_image.as_deref(), &limits, &cancel));
             // A cancelled run says nothing of how long a call takes.
             if !matches!(output, Err(OptimizeError::Cancelled { .. })) {
                 worker.record(started.elapsed());

@@ -8,6 +8,11 @@ use nws_runtime::{
     telemetry::{GATEWAY, Services},
 };
 
+// Every allocation through jemalloc, the C codecs' too: it hands idle memory
+// back to the system (BENCHMARKS.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// NWS Watermark gateway: the HTTP edge, in front of Optimizer and Storage
 /// services started apart (for everything in one process, run `nws-mesh`).
 #[derive(Parser)]

@@ -41,6 +41,8 @@ pub struct Shared {
     pub policy: Policy,
     /// The durable job queue (when NWS_AMQP_URL is set) and job status.
     pub jobs: crate::jobs::Jobs,
+    /// NWS_WATERMARK_IMAGE: the mark image of uploads that name none.
+    pub default_mark: Option<crate::mark_image::DefaultMark>,
 }
 
 impl AppState {

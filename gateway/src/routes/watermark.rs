@@ -7,6 +7,9 @@
 //! [`nws_watermark::params::PARAMS`]; any other name is refused, naming the
 //! known ones.
 //!
+//! A form may carry a mark image too, in the part `wm_image`: it is stored
+//! like an original and drawn as `wm_image_sha256` names it.
+//!
 //! The original is stored first (Storage keys it by its SHA-256), then the
 //! result is found or rendered through the results seam.
 
@@ -31,7 +34,7 @@ use super::{
     images::{Negotiated, image_response},
     jobs,
 };
-use crate::{error::ApiError, query, results::Plan, timing::ServerTiming, upload};
+use crate::{error::ApiError, mark_image, query, results::Plan, timing::ServerTiming, upload};
 
 const IMAGE_FIELD: &str = "image";
 /// Longest option value read from a form; `wm_text` is at most 200 characters.
@@ -69,7 +72,8 @@ pub async fn upload(
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     // Options in the query apply to both shapes; a form's fields come after
     // them and win.
-    let mut options = FormOptions::for_request(request.headers());
+    let default_mark = state.default_mark.as_ref().map(mark_image::DefaultMark::sha256);
+    let mut options = FormOptions::for_request(request.headers(), default_mark);
     for (name, value) in query::pairs(query.as_deref())? {
         options.set(&name, &value)?;
     }
@@ -87,6 +91,11 @@ pub async fn upload(
         (original, options)
     };
     timing.since("upload", "gateway: read and store the original", reading);
+    if let Some(mark) = &state.default_mark
+        && options.image_sha256.as_deref() == Some(mark.sha256())
+    {
+        mark.ensure_stored(&state.upstreams).await?;
+    }
 
     let negotiated = if options.format_follows_accept() {
         Negotiated::Yes
@@ -146,9 +155,12 @@ fn unread_body(refusal: ApiError, version: http::Version) -> Response {
 }
 
 /// Whether the optimizer refused the image itself: the original it was
-/// asked to render is no image it can read, so it is not worth keeping.
+/// asked to render is no image it can read, so it is not worth keeping. A
+/// refusal that names a field (a mark image that cannot be drawn) is about
+/// the options, not the original.
 fn is_unreadable_image(error: &ApiError) -> bool {
     error.upstream_code(crate::error::Upstream::Optimizer) == Some(tonic::Code::InvalidArgument)
+        && !error.names_a_field()
 }
 
 /// Reads a form whose fields may come in any order: the image streams into
@@ -190,7 +202,16 @@ async fn read_form(
 ) -> Result<(), ApiError> {
     while let Some(mut field) = form.next_field().await.map_err(form_error)? {
         let name = field.name().unwrap_or_default().to_owned();
-        if name == IMAGE_FIELD {
+        if name == mark_image::FIELD {
+            if options.names_a_mark_image() {
+                return Err(ApiError::BadRequest(format!(
+                    "the form has more than one mark image: give one `{}` part or `wm_image_sha256`",
+                    mark_image::FIELD
+                )));
+            }
+            let bytes = field.map_err(form_error);
+            options.wire.image_sha256 = mark_image::store(&state.upstreams, Box::pin(bytes)).await?;
+        } else if name == IMAGE_FIELD {
             if original.is_some() {
                 return Err(ApiError::BadRequest(
                     "the form has more than one `image` field".to_owned(),
@@ -227,11 +248,15 @@ async fn read_form(
 #[derive(Debug, Clone, Default, PartialEq)]
 struct FormOptions {
     wire: OptimizeOptions,
+    /// The server's mark image (NWS_WATERMARK_IMAGE), for an upload that
+    /// names none.
+    default_mark: Option<String>,
 }
 
 impl FormOptions {
-    /// The defaults for a request: `format=auto`, so its Accept decides.
-    fn for_request(headers: &HeaderMap) -> Self {
+    /// The defaults for a request: `format=auto`, so its Accept decides,
+    /// and the server's mark image, if it has one.
+    fn for_request(headers: &HeaderMap, default_mark: Option<&str>) -> Self {
         let accept = headers
             .get_all(header::ACCEPT)
             .iter()
@@ -243,11 +268,23 @@ impl FormOptions {
                 accept,
                 ..OptimizeOptions::default()
             },
+            default_mark: default_mark.map(str::to_owned),
         }
     }
 
     fn validate(&self) -> Result<Options, ApiError> {
-        Options::try_from(self.wire.clone()).map_err(|bad| ApiError::BadRequest(bad.0))
+        let mut wire = self.wire.clone();
+        if wire.image_sha256.is_empty() {
+            wire.image_sha256 = self.default_mark.clone().unwrap_or_default();
+        } else if wire.image_sha256 == mark_image::NONE {
+            wire.image_sha256.clear();
+        }
+        Options::try_from(wire).map_err(|bad| ApiError::BadRequest(bad.0))
+    }
+
+    /// Whether the upload named its own mark image (or opted out of one).
+    fn names_a_mark_image(&self) -> bool {
+        !self.wire.image_sha256.is_empty()
     }
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), ApiError> {

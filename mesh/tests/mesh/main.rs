@@ -7,6 +7,7 @@ mod clients;
 mod forms;
 mod http_api;
 mod lifecycle;
+mod marks;
 mod observability;
 mod protocol;
 

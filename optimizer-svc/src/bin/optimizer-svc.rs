@@ -10,6 +10,11 @@ use nws_runtime::{
 };
 use optimizer_svc::{JobSource, OptimizerConfig};
 
+// Every allocation through jemalloc, the C codecs' too: it hands idle memory
+// back to the system (BENCHMARKS.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// NWS Watermark Optimizer service.
 #[derive(Parser)]
 #[command(name = "optimizer-svc", version)]

@@ -1,57 +1,26 @@
-//! Pixel buffers handed back after a job and reused by the next one, so a
-//! steady stream of photos does not allocate, fault in and free several
-//! megabytes per stage per image. Every user overwrites the whole buffer, so
-//! what a reused one still holds never shows.
+//! Where the pipeline's pixel buffers come from and go back to: the
+//! allocator, with no pool of our own in between.
+//!
+//! A pool of spare buffers used to sit here so a steady stream of photos
+//! would not fault in fresh pages per stage. Measured through the mesh
+//! (benches/memory.sh, BENCHMARKS.md "Memory"), it only added to the peak:
+//! jobs that hand back more buffers than they take (a PNG's decoded image
+//! comes from its decoder) filled it to its cap and kept it there while
+//! idle, and under jemalloc, the binaries' allocator, freed pages are
+//! reused for a second anyway before they go back to the system. Without
+//! the pool (jemalloc in both runs), 30 uploads of the 2000×1125 PNG with
+//! alpha peaked 54 MiB lower and the mixed stream at 8 concurrent uploads
+//! 57 MiB lower.
 
-use std::sync::Mutex;
-
-/// Larger buffers (a rare huge image) are freed rather than kept.
-const LARGEST_KEPT: usize = 48 << 20;
-/// The most memory kept idle, whatever the number of workers.
-const MOST_KEPT: usize = 128 << 20;
-
-static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-/// A buffer of exactly `len` bytes: a spare one when one is large enough,
-/// else a new one.
+/// A zeroed buffer of exactly `len` bytes. Zeroed: a buffer the decoder
+/// fills only in part (a damaged image) must not show another image.
 pub fn take(len: usize) -> Vec<u8> {
-    let reused = {
-        let mut spare = SPARE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // The smallest that fits, so large buffers stay for large images.
-        let best = spare
-            .iter()
-            .enumerate()
-            .filter(|(_, buffer)| buffer.capacity() >= len)
-            .min_by_key(|(_, buffer)| buffer.capacity())
-            .map(|(i, _)| i);
-        best.map(|i| spare.swap_remove(i))
-    };
-    match reused {
-        Some(mut buffer) => {
-            buffer.resize(len, 0);
-            buffer
-        }
-        None => vec![0; len],
-    }
+    vec![0; len]
 }
 
-/// Hands a buffer back for reuse (or frees it, past the limits).
+/// Frees a buffer a stage is done with.
 pub fn give_back(buffer: Vec<u8>) {
-    if buffer.capacity() < (1 << 20) || buffer.capacity() > LARGEST_KEPT {
-        return;
-    }
-    let mut spare = SPARE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    spare.push(buffer);
-    // Over the budget: drop the smallest first, they are the cheapest to remake.
-    while spare.iter().map(Vec::capacity).sum::<usize>() > MOST_KEPT {
-        let smallest = spare
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, buffer)| buffer.capacity())
-            .map(|(i, _)| i)
-            .expect("over budget means not empty");
-        spare.swap_remove(smallest);
-    }
+    drop(buffer);
 }
 
 #[cfg(test)]
@@ -59,23 +28,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_come_back_at_the_requested_length() {
-        let first = take(3 << 20);
-        let address = first.as_ptr();
+    fn buffers_are_zeroed_at_the_requested_length() {
+        let mut first = take(3 << 20);
+        assert_eq!(first.len(), 3 << 20);
+        first.fill(0xAB);
         give_back(first);
-        let again = take(2 << 20);
-        assert_eq!(again.len(), 2 << 20);
-        assert_eq!(again.as_ptr(), address, "the spare buffer is reused");
-        give_back(again);
-        // Tiny and huge buffers are not kept.
-        give_back(vec![0; 10]);
-        give_back(Vec::with_capacity(LARGEST_KEPT + 1));
-        let spare = SPARE.lock().unwrap();
+        let again = take(3 << 20);
+        assert_eq!(again.len(), 3 << 20);
         assert!(
-            spare
-                .iter()
-                .all(|b| (1 << 20..=LARGEST_KEPT).contains(&b.capacity()))
+            again.iter().all(|&byte| byte == 0),
+            "nothing of the last image shows"
         );
-        assert!(spare.iter().map(Vec::capacity).sum::<usize>() <= MOST_KEPT);
     }
 }

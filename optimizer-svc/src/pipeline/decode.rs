@@ -1,13 +1,17 @@
 //! Header inspection and pixel decoding, with the limits checked between
 //! the two: nothing is decoded for an image that is too large.
 //!
-//! JPEGs are read and decoded by libjpeg-turbo at the smallest of 1/8, 1/4,
-//! 1/2 or full scale that still covers the output size (shrink-on-load):
+//! JPEGs are read and decoded by libjpeg-turbo at the smallest M/8 scale
+//! (1/8, 2/8, …, 8/8) that still covers the output size (shrink-on-load):
 //! the DCT does most of the downscaling for free, and the resampler only
 //! finishes the job. Damage libjpeg decodes through (junk before a marker,
 //! an unknown Adobe transform, a corrupt ICC chunk) is logged, not refused,
 //! as every viewer shows such files; a truncated file is refused. Everything
 //! else, and CMYK/YCCK JPEGs, go through `image`.
+//!
+//! HEIC and AVIF are read by libheif (`heif`), JPEG XL by jxl-oxide (`jxl`),
+//! each with its header checked against the limits before decoding; BMP,
+//! TIFF and ICO by `image`, like PNG, WebP and GIF.
 //!
 //! An RGB image tagged with an ICC profile other than sRGB is converted to
 //! sRGB (moxcms) after decoding, so colours look the same in a browser once
@@ -22,6 +26,9 @@ use nws_watermark::{media, pb::ImageFormat};
 
 use super::{Pixels, fit_within, metadata};
 use crate::OptimizeError;
+
+mod heif;
+mod jxl;
 
 /// Most scans a progressive JPEG may have: each is a pass over the whole
 /// image, so a few hundred bytes of tiny scans could cost minutes of CPU.
@@ -62,6 +69,11 @@ impl Header {
 
 /// Reads the header only: format, dimensions and orientation.
 pub fn probe(bytes: &[u8]) -> Result<Header, OptimizeError> {
+    match media::sniff(bytes) {
+        Some(format @ (ImageFormat::Heic | ImageFormat::Avif)) => return heif::probe(bytes, format),
+        Some(ImageFormat::Jxl) => return jxl::probe(bytes),
+        _ => {}
+    }
     if media::sniff(bytes) == Some(ImageFormat::Jpeg) {
         let mut turbo = turbo(jpeg_limits(&PROBE_LIMITS))?;
         return jpeg_header(&mut turbo, bytes).map(|(header, _)| header);
@@ -92,6 +104,11 @@ pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Hea
     {
         return Ok(decoded);
     }
+    match media::sniff(bytes) {
+        Some(format @ (ImageFormat::Heic | ImageFormat::Avif)) => return heif::decode(bytes, format, limits),
+        Some(ImageFormat::Jxl) => return jxl::decode(bytes, limits),
+        _ => {}
+    }
     let (header, mut decoder) = open(bytes, codec_limits(limits))?;
     check_limits(&header, limits)?;
     // A damaged profile is not worth refusing the photo for.
@@ -108,8 +125,8 @@ pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Hea
     Ok((header, pixels))
 }
 
-/// A JPEG through libjpeg-turbo, at the largest DCT downscale whose result
-/// still covers the output; `None` for CMYK and YCCK, which libjpeg cannot
+/// A JPEG through libjpeg-turbo, at the smallest M/8 DCT scale whose
+/// result still covers the output; `None` for CMYK and YCCK, which libjpeg cannot
 /// turn into RGB.
 fn decode_jpeg(
     bytes: &[u8],
@@ -133,6 +150,10 @@ fn decode_jpeg(
         true => covering,
         false => (covering.1, covering.0),
     };
+    // Smallest first: the first scale that covers the output is the one
+    // that leaves the least to decode and resample. Covering keeps the
+    // resampler's step a downscale (or none), where its Lanczos filter,
+    // not the DCT's block-wise one, decides the final look.
     let scale = Scale::ALL
         .into_iter()
         .find(|scale| scale.apply(header.width) >= cover_w && scale.apply(header.height) >= cover_h)
@@ -228,17 +249,31 @@ fn to_srgb(pixels: &mut Pixels, icc: &[u8]) {
     } else {
         Layout::Rgb
     };
-    let converted = source
-        .create_transform_8bit(layout, &srgb, layout, TransformOptions::default())
-        .and_then(|transform| {
-            let mut out = vec![0u8; pixels.data.len()];
-            transform.transform(&pixels.data, &mut out).map(|()| out)
-        });
-    match converted {
-        Ok(out) => pixels.data = out,
-        Err(e) => tracing::debug!(error = %e, "ICC profile not applied"),
+    let transform = match source.create_transform_8bit(layout, &srgb, layout, TransformOptions::default()) {
+        Ok(transform) => transform,
+        Err(e) => {
+            tracing::debug!(error = %e, "ICC profile not applied");
+            return;
+        }
+    };
+    // The transform cannot write over its input: strip by strip through a
+    // small buffer, rather than into a second image as large as the first.
+    let strip = ICC_STRIP_BYTES / usize::from(pixels.channels) * usize::from(pixels.channels);
+    let mut converted = vec![0u8; strip.min(pixels.data.len())];
+    for part in pixels.data.chunks_mut(strip) {
+        let out = &mut converted[..part.len()];
+        // Its only failures are lengths that are not whole pixels, the same
+        // for every strip: the first fails before any pixel changed.
+        if let Err(e) = transform.transform(part, out) {
+            tracing::debug!(error = %e, "ICC profile not applied");
+            return;
+        }
+        part.copy_from_slice(out);
     }
 }
+
+/// Bytes converted to sRGB at a time (whole pixels of it).
+const ICC_STRIP_BYTES: usize = 1 << 20;
 
 /// sRGB tags (most cameras and phones write one) need no work.
 fn same_primaries(a: &ColorProfile, b: &ColorProfile) -> bool {
@@ -302,7 +337,13 @@ fn open(
         ImageFormat::Png => image::ImageFormat::Png,
         ImageFormat::Webp => image::ImageFormat::WebP,
         ImageFormat::Gif => image::ImageFormat::Gif,
-        ImageFormat::Avif | ImageFormat::Unspecified => return Err(OptimizeError::UnsupportedFormat),
+        ImageFormat::Bmp => image::ImageFormat::Bmp,
+        ImageFormat::Tiff => image::ImageFormat::Tiff,
+        ImageFormat::Ico => image::ImageFormat::Ico,
+        // Read by libheif and jxl-oxide before `open` is reached.
+        ImageFormat::Avif | ImageFormat::Heic | ImageFormat::Jxl | ImageFormat::Unspecified => {
+            return Err(OptimizeError::UnsupportedFormat);
+        }
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), codec);
     reader.limits(codec_limits);
@@ -364,5 +405,74 @@ fn decode_error(error: ImageError) -> OptimizeError {
         ImageError::Unsupported(e) => OptimizeError::Corrupt(format!("unsupported variant: {e}")),
         ImageError::Limits(e) => OptimizeError::Corrupt(format!("over a decoder limit: {e}")),
         other => OptimizeError::Corrupt(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod to_srgb_tests {
+    use super::*;
+
+    /// Display P3's primaries (D50-adapted, as an ICC profile stores them).
+    fn display_p3() -> Vec<u8> {
+        ColorProfile::new_display_p3()
+            .encode()
+            .expect("moxcms encodes its own profiles")
+    }
+
+    #[test]
+    fn converts_every_strip_as_one_whole_transform_would() {
+        for channels in [3u8, 4] {
+            // Over two strips, with a pattern that differs from pixel to pixel.
+            let (width, height) = (1000u32, 700u32);
+            let data: Vec<u8> = (0..width as usize * height as usize * usize::from(channels))
+                .map(|i| (i * 7 % 251) as u8)
+                .collect();
+            assert!(data.len() > 2 * ICC_STRIP_BYTES);
+            let layout = if channels == 4 { Layout::Rgba } else { Layout::Rgb };
+            let icc = display_p3();
+            let whole = {
+                let transform = ColorProfile::new_from_slice(&icc)
+                    .unwrap()
+                    .create_transform_8bit(
+                        layout,
+                        &ColorProfile::new_srgb(),
+                        layout,
+                        TransformOptions::default(),
+                    )
+                    .unwrap();
+                let mut out = vec![0; data.len()];
+                transform.transform(&data, &mut out).unwrap();
+                out
+            };
+            assert_ne!(whole, data, "P3 to sRGB changes colours");
+            let mut pixels = Pixels {
+                width,
+                height,
+                channels,
+                data,
+            };
+            to_srgb(&mut pixels, &icc);
+            assert!(
+                pixels.data == whole,
+                "{channels} channels: strips differ from one transform"
+            );
+        }
+    }
+
+    #[test]
+    fn srgb_grey_and_unreadable_profiles_leave_pixels_alone() {
+        let data: Vec<u8> = (0..300 * 3).map(|i| (i % 256) as u8).collect();
+        let srgb = ColorProfile::new_srgb().encode().unwrap();
+        let grey = ColorProfile::new_gray_with_gamma(2.2).encode().unwrap();
+        for icc in [&srgb[..], &grey[..], b"not a profile"] {
+            let mut pixels = Pixels {
+                width: 300,
+                height: 1,
+                channels: 3,
+                data: data.clone(),
+            };
+            to_srgb(&mut pixels, icc);
+            assert!(pixels.data == data);
+        }
     }
 }

@@ -22,7 +22,15 @@ pub fn exif_for_output(source: ImageFormat, input: &[u8]) -> Option<Vec<u8>> {
         // APP1 header before it all the same.
         ImageFormat::Png => strip_exif_header(png_exif(input)?),
         ImageFormat::Webp => strip_exif_header(webp_exif(input)?),
-        ImageFormat::Gif | ImageFormat::Avif | ImageFormat::Unspecified => return None,
+        // Input-only formats: their EXIF is not carried over (yet).
+        ImageFormat::Gif
+        | ImageFormat::Avif
+        | ImageFormat::Heic
+        | ImageFormat::Bmp
+        | ImageFormat::Tiff
+        | ImageFormat::Ico
+        | ImageFormat::Jxl
+        | ImageFormat::Unspecified => return None,
     };
     if EXIF_HEADER.len() + tiff.len() > MAX_APP1_PAYLOAD {
         return None;

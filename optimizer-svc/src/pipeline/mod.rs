@@ -48,12 +48,22 @@ impl Pixels {
                     data: rgba.into_raw(),
                 };
             }
-            let rgb = DynamicImage::ImageRgba8(rgba).into_rgb8();
+            // The alpha bytes are squeezed out in place, rather than into a
+            // second image three quarters the size of the first.
+            let mut data = rgba.into_raw();
+            let count = data.len() / 4;
+            for i in 1..count {
+                let (from, to) = (4 * i, 3 * i);
+                data[to] = data[from];
+                data[to + 1] = data[from + 1];
+                data[to + 2] = data[from + 2];
+            }
+            data.truncate(3 * count);
             return Self {
                 width,
                 height,
                 channels: 3,
-                data: rgb.into_raw(),
+                data,
             };
         }
         Self {
@@ -62,6 +72,42 @@ impl Pixels {
             channels: 3,
             data: image.into_rgb8().into_raw(),
         }
+    }
+}
+
+#[cfg(test)]
+mod from_image_tests {
+    use image::{GrayImage, RgbaImage};
+
+    use super::*;
+
+    fn rgba(width: u32, height: u32, alpha: impl Fn(u32, u32) -> u8) -> RgbaImage {
+        RgbaImage::from_fn(width, height, |x, y| {
+            image::Rgba([(x * 7) as u8, (y * 5) as u8, (x + y) as u8, alpha(x, y)])
+        })
+    }
+
+    #[test]
+    fn an_opaque_alpha_channel_is_dropped_keeping_every_colour() {
+        let image = rgba(33, 17, |_, _| u8::MAX);
+        let expected = DynamicImage::ImageRgba8(image.clone()).to_rgb8().into_raw();
+        let pixels = Pixels::from_image(DynamicImage::ImageRgba8(image));
+        assert_eq!((pixels.width, pixels.height, pixels.channels), (33, 17, 3));
+        assert!(pixels.data == expected);
+    }
+
+    #[test]
+    fn transparency_keeps_rgba_and_grey_becomes_rgb() {
+        let image = rgba(8, 4, |x, y| if (x, y) == (7, 3) { 200 } else { u8::MAX });
+        let pixels = Pixels::from_image(DynamicImage::ImageRgba8(image.clone()));
+        assert_eq!(pixels.channels, 4);
+        assert!(pixels.data == image.into_raw());
+
+        let grey = GrayImage::from_fn(5, 3, |x, y| image::Luma([(x * 40 + y) as u8]));
+        let pixels = Pixels::from_image(DynamicImage::ImageLuma8(grey.clone()));
+        assert_eq!(pixels.channels, 3);
+        let expected: Vec<u8> = grey.into_raw().into_iter().flat_map(|v| [v, v, v]).collect();
+        assert!(pixels.data == expected);
     }
 }
 
@@ -82,15 +128,18 @@ pub struct Output {
     pub width: u32,
     pub height: u32,
     pub source: Header,
-    pub ink: Ink,
+    /// The text's ink; `None` for an image mark alone.
+    pub ink: Option<Ink>,
     pub timings: Timings,
 }
 
 /// Runs the whole pipeline over an encoded image, stopping between stages
-/// once `cancel` is cancelled.
+/// once `cancel` is cancelled. `mark_image` is the decoded image that
+/// `options.image_sha256` names, if it names one.
 pub fn run(
     input: &[u8],
     options: &Options,
+    mark_image: Option<&watermark::Logo>,
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<Output, OptimizeError> {
@@ -165,16 +214,15 @@ pub fn run(
         "pipeline.watermark",
         nws.watermark.position = ?options.position,
         nws.watermark.tiled = options.tiled,
+        nws.watermark.rotate = options.rotate,
+        nws.watermark.image = options.image_sha256.as_deref(),
         nws.watermark.ink = Empty,
     );
-    let mark = watermark::Mark {
-        text: &options.text,
-        position: options.position,
-        opacity: options.opacity,
-        tiled: options.tiled,
-    };
+    let mark = watermark::Mark::new(options, mark_image);
     let ink = span.in_scope(|| watermark::draw(&mut pixels, &mark));
-    span.record("nws.watermark.ink", tracing::field::debug(ink));
+    if let Some(ink) = ink {
+        span.record("nws.watermark.ink", tracing::field::debug(ink));
+    }
     timings.watermark = started.elapsed();
     drop(span);
 

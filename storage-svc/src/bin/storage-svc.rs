@@ -8,6 +8,11 @@ use nws_runtime::{
 };
 use storage_svc::StorageConfig;
 
+// Every allocation through jemalloc, the C codecs' too: it hands idle memory
+// back to the system (BENCHMARKS.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// NWS Watermark Storage service.
 #[derive(Parser)]
 #[command(name = "storage-svc", version)]
