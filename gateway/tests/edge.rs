@@ -140,8 +140,17 @@ async fn an_upload_near_the_25_mib_limit_streams_through_the_gateway() {
 #[tokio::test]
 async fn nws_upstream_timeout_answers_504_and_the_optimizer_stops_its_job() {
     let mesh = Deployed::start(&[("NWS_UPSTREAM_TIMEOUT", "100ms")]);
-    // 49 MP in a few kilobytes: stored well within 100 ms, but its decode
-    // alone takes longer.
+    // A small upload first opens the connections (gateway → optimizer →
+    // storage), so the deadline below is spent on the job, not on
+    // handshakes: on a loaded machine they alone can take 100 ms, and the
+    // call then never reaches the optimizer. Its answer does not matter.
+    let warm = mesh.upload("", test_image("tiny_16x16.jpg")).await;
+    let rendered = usize::from(warm.status() == 200);
+    if rendered == 1 {
+        mesh.optimizer.until_logged("optimized", 1).await;
+    }
+    // 49 MP in a few kilobytes: stored well within the deadline, but its
+    // decode and resize take longer.
     let response = mesh.upload("?format=jpeg", large_png(7000, 7000)).await;
     assert_eq!(response.status(), 504);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -150,13 +159,14 @@ async fn nws_upstream_timeout_answers_504_and_the_optimizer_stops_its_job() {
         body["message"].as_str().unwrap().contains("NWS_UPSTREAM_TIMEOUT"),
         "{body}"
     );
-    // The deadline travelled with the call: the optimizer stopped the job.
+    // The deadline travelled with the call: the optimizer dropped the call
+    // and stopped its work (between stages, or before its first).
     mesh.optimizer
-        .until_logged("pipeline stopped before a stage: its call was cancelled", 1)
+        .until_logged("call cancelled by the client or its deadline; its work stops", 1)
         .await;
-    assert_eq!(mesh.optimizer.count_logged("optimized"), 0);
-    // The original is kept for a later try.
-    assert_eq!(mesh.stored("originals").len(), 1);
+    assert_eq!(mesh.optimizer.count_logged("optimized"), rendered);
+    // The original is kept for a later try (beside the small one).
+    assert_eq!(mesh.stored("originals").len(), 2);
 }
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
