@@ -150,15 +150,24 @@ async fn nws_upstream_timeout_answers_504_and_the_optimizer_stops_its_job() {
         mesh.optimizer.until_logged("optimized", 1).await;
     }
     // 49 MP in a few kilobytes: stored well within the deadline, but its
-    // decode and resize take longer.
-    let response = mesh.upload("?format=jpeg", large_png(7000, 7000)).await;
-    assert_eq!(response.status(), 504);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "DEADLINE_EXCEEDED", "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains("NWS_UPSTREAM_TIMEOUT"),
-        "{body}"
-    );
+    // decode and resize take longer. The deadline is every upstream call's:
+    // on a loaded machine the store itself may run out of it (504 naming
+    // the storage service); the upload is tried again until the deadline
+    // runs out on the optimizer, a bounded number of times.
+    let mut reached_optimizer = false;
+    for _ in 0..5 {
+        let response = mesh.upload("?format=jpeg", large_png(7000, 7000)).await;
+        assert_eq!(response.status(), 504);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "DEADLINE_EXCEEDED", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("NWS_UPSTREAM_TIMEOUT"), "{body}");
+        if message.contains("optimizer") {
+            reached_optimizer = true;
+            break;
+        }
+    }
+    assert!(reached_optimizer, "the deadline never ran out on the optimizer");
     // The deadline travelled with the call: the optimizer dropped the call
     // and stopped its work (between stages, or before its first).
     mesh.optimizer
