@@ -177,7 +177,7 @@ async fn bad_requests_get_json_errors_with_grpc_gateway_statuses() {
     assert!(message.contains("quality 500"), "{message}");
 
     let message = assert_json_error(
-        mesh.post("/v1/watermark?wm_position=middle", test_image("tiny_16x16.jpg"))
+        mesh.post("/v1/watermark?wm_position=nowhere", test_image("tiny_16x16.jpg"))
             .await,
         400,
         "INVALID_ARGUMENT",
