@@ -8,7 +8,7 @@
 //! in floating point so rotation resamples without banding), rotated once,
 //! then blended at each placement.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 use ab_glyph::{Font as _, FontRef, GlyphId, PxScale, ScaleFont as _, point};
 use nws_watermark::{
@@ -124,21 +124,11 @@ impl<'a> Mark<'a> {
 
     /// Text at `position` with every other setting at its default.
     pub fn text(text: &'a str, position: Position) -> Self {
-        let defaults = Options::default();
+        static DEFAULTS: LazyLock<Options> = LazyLock::new(Options::default);
         Self {
             text,
-            font: Font::Sans,
-            text_size: defaults.text_size,
-            color: None,
-            image: None,
-            image_scale: defaults.image_scale,
             position,
-            opacity: DEFAULT_OPACITY,
-            tiled: false,
-            offset_x: 0.0,
-            offset_y: 0.0,
-            rotate: 0.0,
-            spacing: 0.0,
+            ..Mark::new(&DEFAULTS, None)
         }
     }
 }
