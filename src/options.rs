@@ -8,7 +8,7 @@ use prost::Message as _;
 
 use crate::{
     media,
-    pb::{Font, ImageFormat, OptimizeOptions, Position, ResizeFilter},
+    pb::{Animation, Font, ImageFormat, OptimizeOptions, Position, ResizeFilter},
 };
 
 /// Version of the pixels the pipeline produces for given options. Bump it
@@ -94,6 +94,8 @@ pub struct Options {
     pub keep_metadata: bool,
     pub max_width: u32,
     pub max_height: u32,
+    /// First frame only, or every frame (the output is then WebP).
+    pub animated: Animation,
 }
 
 impl Default for Options {
@@ -120,6 +122,7 @@ impl Default for Options {
             keep_metadata: false,
             max_width: DEFAULT_MAX_WIDTH,
             max_height: DEFAULT_MAX_HEIGHT,
+            animated: Animation::First,
         }
     }
 }
@@ -226,6 +229,29 @@ impl TryFrom<OptimizeOptions> for Options {
             }
             Err(_) => return Err(bad(format!("format {} is not a known ImageFormat", wire.format))),
         };
+        let animated = match Animation::try_from(wire.animated) {
+            Ok(Animation::Unspecified | Animation::First) => Animation::First,
+            Ok(Animation::Keep) => Animation::Keep,
+            Err(_) => {
+                return Err(bad(format!(
+                    "animated {} is not a known Animation",
+                    wire.animated
+                )));
+            }
+        };
+        // Frames need a format that holds them: WebP is the one here. It is
+        // settled now, not from the image, so a cache key never depends on
+        // whether the original turns out to be animated.
+        let format = match (animated, format) {
+            (Animation::Keep, ImageFormat::Unspecified | ImageFormat::Webp) => ImageFormat::Webp,
+            (Animation::Keep, other) => {
+                return Err(bad(format!(
+                    "animated=keep writes WebP, the one output format here that holds frames; {} cannot: leave the format unset or ask for WebP",
+                    media::name(other)
+                )));
+            }
+            (Animation::First | Animation::Unspecified, format) => format,
+        };
 
         let quality = match wire.quality {
             0 => DEFAULT_QUALITY,
@@ -270,6 +296,7 @@ impl TryFrom<OptimizeOptions> for Options {
             keep_metadata: wire.keep_metadata,
             max_width: side(wire.max_width, DEFAULT_MAX_WIDTH, "max_width")?,
             max_height: side(wire.max_height, DEFAULT_MAX_HEIGHT, "max_height")?,
+            animated,
         })
     }
 }
@@ -405,6 +432,11 @@ impl Options {
         if wire.image_sha256.is_empty() {
             wire.image_scale = 0.0;
         }
+        // The default is left unwritten, so the keys of every request made
+        // before the option existed stay what they were.
+        if negotiated.animated == Animation::First {
+            wire.animated = Animation::Unspecified as i32;
+        }
         wire.encode_to_vec()
     }
 
@@ -434,6 +466,7 @@ impl Options {
             font: self.font as i32,
             image_sha256: self.image_sha256.clone().unwrap_or_default(),
             image_scale: self.image_scale,
+            animated: self.animated as i32,
         }
     }
 }
@@ -763,8 +796,62 @@ mod tests {
             keep_metadata: true,
             max_width: 640,
             max_height: 480,
+            animated: Animation::First,
         };
         assert_eq!(Options::try_from(chosen.to_wire()).unwrap(), chosen);
+        let animated = Options {
+            animated: Animation::Keep,
+            format: ImageFormat::Webp,
+            ..chosen
+        };
+        assert_eq!(Options::try_from(animated.to_wire()).unwrap(), animated);
+    }
+
+    #[test]
+    fn keeping_frames_means_webp_and_counts_in_the_key() {
+        let keep = |format: ImageFormat| {
+            options(OptimizeOptions {
+                animated: Animation::Keep as i32,
+                format: format as i32,
+                accept: accept("image/avif"),
+                ..Default::default()
+            })
+        };
+        let unset = keep(ImageFormat::Unspecified).unwrap();
+        assert_eq!(
+            unset.format,
+            ImageFormat::Webp,
+            "settled at once, whatever Accept says"
+        );
+        assert!(!unset.format_follows_accept());
+        assert_eq!(unset, keep(ImageFormat::Webp).unwrap());
+        for other in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Avif] {
+            let message = keep(other).unwrap_err().0;
+            assert!(message.starts_with("animated=keep writes WebP"), "{message}");
+            assert!(message.contains(media::name(other)), "{message}");
+        }
+        let unknown = options(OptimizeOptions {
+            animated: 7,
+            ..Default::default()
+        })
+        .unwrap_err()
+        .0;
+        assert_eq!(unknown, "animated 7 is not a known Animation");
+
+        let key = |animated: Animation| {
+            options(OptimizeOptions {
+                animated: animated as i32,
+                format: ImageFormat::Webp as i32,
+                ..Default::default()
+            })
+            .unwrap()
+            .canonical()
+        };
+        assert_eq!(key(Animation::First), key(Animation::Unspecified));
+        assert_ne!(key(Animation::First), key(Animation::Keep));
+        // The default is not written, so keys made before it existed hold.
+        let wire = OptimizeOptions::decode(key(Animation::First).as_slice()).unwrap();
+        assert_eq!(wire.animated, 0);
     }
 
     #[test]

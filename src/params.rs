@@ -13,7 +13,7 @@ use crate::{
         BadOptions, DEFAULT_IMAGE_SCALE, DEFAULT_MAX_HEIGHT, DEFAULT_MAX_WIDTH, DEFAULT_OPACITY,
         DEFAULT_QUALITY, DEFAULT_TEXT, DEFAULT_TEXT_SIZE, MAX_BOX_SIDE, MAX_TEXT_CHARS, MAX_TEXT_SIZE,
     },
-    pb::{Font, ImageFormat, OptimizeOptions, Position, ResizeFilter},
+    pb::{Animation, Font, ImageFormat, OptimizeOptions, Position, ResizeFilter},
 };
 
 /// One option, by its HTTP name.
@@ -78,6 +78,7 @@ pub const FONTS: &[&str] = &["sans", "serif", "mono"];
 const MAX_SHIFT: f32 = MAX_BOX_SIDE as f32;
 pub const FORMATS: &[&str] = &["auto", "avif", "webp", "jpeg", "png"];
 pub const RESIZE_FILTERS: &[&str] = &["lanczos3", "fast"];
+pub const ANIMATION_POLICIES: &[&str] = &["first", "keep"];
 
 /// Every option an upload may carry.
 pub const PARAMS: &[Param] = &[
@@ -341,6 +342,22 @@ pub const PARAMS: &[Param] = &[
         kind: Kind::Flag,
         apply: |wire, value| {
             wire.keep_metadata = flag("keep_metadata", value)?;
+            Ok(())
+        },
+    },
+    Param {
+        name: "animated",
+        description: "animated GIF or WebP: `first` keeps the first frame as a still image; `keep` resizes and watermarks every frame into an animated WebP (the output is then WebP, still images included), within the server's NWS_MAX_ANIMATION_PIXELS (frames × canvas pixels), checked before decoding",
+        kind: Kind::Choice {
+            values: ANIMATION_POLICIES,
+            default: "first",
+        },
+        apply: |wire, value| {
+            wire.animated = match normalized(value).as_str() {
+                "first" | "still" => Animation::First,
+                "keep" | "all" => Animation::Keep,
+                _ => return Err(not_one_of("animated", value, ANIMATION_POLICIES)),
+            } as i32;
             Ok(())
         },
     },
@@ -649,6 +666,13 @@ mod tests {
         let hash = "ab".repeat(32);
         assert_eq!(after("wm_image_sha256", &hash).image_sha256, hash);
         assert_eq!(after("max_height", "480").max_height, 480);
+        assert_eq!(after("animated", "keep").animated, Animation::Keep as i32);
+        assert_eq!(after("animated", " First").animated, Animation::First as i32);
+        let mut wire = OptimizeOptions::default();
+        assert_eq!(
+            set(&mut wire, "animated", "loop").unwrap_err().0,
+            r#"animated "loop" is not one of first, keep"#
+        );
     }
 
     #[test]

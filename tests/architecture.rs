@@ -54,6 +54,7 @@ const HEAVY: &[&str] = &[
     "turbojpeg",
     "turbojpeg-sys",
     "nws-jpeg",
+    "nws-webp",
     "webp",
     "libwebp-sys",
     "rav1e",
@@ -114,4 +115,5 @@ fn the_runtime_and_each_service_stay_in_their_lane() {
         &["storage-svc", "gateway", "nws-mesh", "rust-s3"],
     );
     assert_links_none("nws-jpeg", &["nws-watermark", "nws-runtime", "image"]);
+    assert_links_none("nws-webp", &["nws-watermark", "nws-runtime", "image", "webp"]);
 }

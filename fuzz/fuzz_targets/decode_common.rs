@@ -15,6 +15,7 @@ pub fn decode_if(data: &[u8], formats: &[ImageFormat]) {
         max_input_bytes: 1 << 20,
         max_pixels: 4_000_000,
         max_side: 8192,
+        max_animation_pixels: 20_000_000,
     };
     let _ = decode::probe(data);
     let _ = decode::decode(data, &limits, (256, 256));

@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         max_input_bytes: 1 << 20,
         max_pixels: 4_000_000,
         max_side: 8192,
+        max_animation_pixels: 20_000_000,
     };
     let options = Options {
         max_width: 256,

@@ -19,6 +19,15 @@ pub struct OptimizerConfig {
     #[arg(long, env = "NWS_MAX_PIXELS", default_value_t = 50_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pixels: u64,
 
+    /// Most pixels an animation kept frame by frame (`animated=keep`) may
+    /// have in all: frames × canvas width × canvas height, counted from the
+    /// container before any frame is decoded. Bounds the CPU an animation
+    /// costs, as NWS_MAX_PIXELS bounds a still image's memory: a GIF of
+    /// thousands of tiny frames on a large canvas is refused at once.
+    /// Each frame is also held to NWS_MAX_PIXELS and NWS_MAX_SIDE.
+    #[arg(long, env = "NWS_MAX_ANIMATION_PIXELS", default_value_t = 100_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_animation_pixels: u64,
+
     /// Longest side accepted, in pixels.
     #[arg(long, env = "NWS_MAX_SIDE", default_value_t = 40_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_side: u32,

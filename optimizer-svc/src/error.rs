@@ -39,6 +39,20 @@ pub enum OptimizeError {
     #[error("the image is {width}×{height}, a side over the {limit}-pixel limit (NWS_MAX_SIDE)")]
     SideTooLong { width: u32, height: u32, limit: u32 },
 
+    /// Counted from the container before any frame is decoded.
+    #[error(
+        "the animation has {frames} frames of {width}×{height}, {total} pixels in all, over the \
+         {limit}-pixel limit for keeping every frame (NWS_MAX_ANIMATION_PIXELS); animated=first \
+         processes its first frame alone"
+    )]
+    TooManyAnimationPixels {
+        frames: u32,
+        width: u32,
+        height: u32,
+        total: u64,
+        limit: u64,
+    },
+
     #[error("the image could not be decoded: {0}")]
     Corrupt(String),
 
@@ -120,6 +134,7 @@ impl OptimizeError {
             | Self::TooManyBytes { .. }
             | Self::TooManyPixels { .. }
             | Self::SideTooLong { .. }
+            | Self::TooManyAnimationPixels { .. }
             | Self::Corrupt(_)
             | Self::BadMarkImage { .. } => Code::InvalidArgument,
         }
@@ -140,6 +155,7 @@ impl OptimizeError {
             | Self::TooManyBytes { .. }
             | Self::TooManyPixels { .. }
             | Self::SideTooLong { .. }
+            | Self::TooManyAnimationPixels { .. }
             | Self::Corrupt(_)
             | Self::BadMarkImage { .. }
             | Self::OriginalNotFound(_) => true,
@@ -210,6 +226,7 @@ impl From<OptimizeError> for Status {
             | OptimizeError::TooManyBytes { .. }
             | OptimizeError::TooManyPixels { .. }
             | OptimizeError::SideTooLong { .. }
+            | OptimizeError::TooManyAnimationPixels { .. }
             | OptimizeError::Corrupt(_) => {
                 tracing::info!(error = %message, "call refused");
                 for_user(code, message)

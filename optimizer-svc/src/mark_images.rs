@@ -22,6 +22,8 @@ pub const MARK_IMAGE_LIMITS: Limits = Limits {
     max_input_bytes: MAX_MARK_IMAGE_BYTES,
     max_pixels: MAX_MARK_IMAGE_PIXELS,
     max_side: MAX_MARK_IMAGE_SIDE,
+    // A mark is drawn as a still: an animated one gives its first frame.
+    max_animation_pixels: 0,
 };
 
 /// Decoded marks kept: at most 4 MP × 4 bytes each, so this holds several

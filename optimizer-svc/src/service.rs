@@ -523,6 +523,7 @@ impl OptimizerService {
                 max_input_bytes: config.max_input_bytes,
                 max_pixels: config.max_pixels,
                 max_side: config.max_side,
+                max_animation_pixels: config.max_animation_pixels,
             },
             line: Arc::new(Line::new(workers, config.queue_wait, ceiling)),
             marks: MarkImages::new(store.clone()),
@@ -809,6 +810,7 @@ fn describe(
         width = output.width,
         height = output.height,
         format = ?output.format,
+        frames = output.frames,
         ink = ?output.ink,
         decode_us = micros(output.timings.decode),
         resize_us = micros(output.timings.resize),
@@ -856,6 +858,7 @@ fn describe(
         source_height: display_height,
         pipeline_version: PIPELINE_VERSION.to_owned(),
         result_key: result_key.map(|key| key.to_string()).unwrap_or_default(),
+        frames: output.frames,
     }
 }
 
@@ -1292,6 +1295,7 @@ mod queued_tests {
             max_input_bytes: 25 << 20,
             max_pixels: 50_000_000,
             max_side: 40_000,
+            max_animation_pixels: 100_000_000,
             workers: 1,
             queue_wait: Duration::from_secs(2),
             queue: 0,

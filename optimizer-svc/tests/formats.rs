@@ -21,6 +21,7 @@ const LIMITS: Limits = Limits {
     max_input_bytes: 25 << 20,
     max_pixels: 50_000_000,
     max_side: 40_000,
+    max_animation_pixels: 100_000_000,
 };
 
 fn sample(name: &str) -> Vec<u8> {

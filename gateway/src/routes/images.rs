@@ -93,6 +93,9 @@ pub fn image_response(
     if let Some(header) = &found.header {
         put("x-image-width", header.width.to_string());
         put("x-image-height", header.height.to_string());
+        if header.frames > 1 {
+            put("x-image-frames", header.frames.to_string());
+        }
     }
     // Where the result lives is already in Content-Location; an upload
     // also links the original it came from.

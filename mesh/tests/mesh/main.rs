@@ -2,6 +2,7 @@
 //! separately started services), driven through the network by real
 //! clients.
 
+mod animation;
 mod cache;
 mod clients;
 mod forms;
@@ -16,6 +17,10 @@ use std::path::PathBuf;
 use nws_runtime::testing::eventually;
 use nws_runtime::testing::{ServiceProcess, workspace_binary};
 pub use nws_runtime::testing::{files_under, tool};
+use nws_watermark::pb::{
+    OptimizeHeader, OptimizeOptions, OptimizeRequest, optimize_request, optimize_response,
+    optimizer_client::OptimizerClient,
+};
 use sha2::{Digest as _, Sha256};
 
 pub const KLEIBER: &str = "kleiber_4000x3000.jpg";
@@ -159,6 +164,44 @@ pub fn refusing_url() -> (tokio::net::TcpSocket, String) {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// One Optimize call straight to the mesh's optimizer over gRPC: `options`
+/// (its `input_size` set here), then `image` in one chunk. Returns the
+/// result's header and bytes.
+pub async fn optimize_over_grpc(
+    mesh: &Mesh,
+    options: OptimizeOptions,
+    image: Vec<u8>,
+) -> (OptimizeHeader, Vec<u8>) {
+    let mut optimizer = OptimizerClient::connect(mesh.process.url("optimizer"))
+        .await
+        .expect("connect to the optimizer");
+    let options = OptimizeOptions {
+        input_size: image.len() as u64,
+        ..options
+    };
+    let requests = [
+        optimize_request::Payload::Options(options),
+        optimize_request::Payload::Chunk(image.into()),
+    ]
+    .map(|payload| OptimizeRequest {
+        payload: Some(payload),
+    });
+    let mut responses = optimizer
+        .optimize(tokio_stream::iter(requests))
+        .await
+        .expect("Optimize")
+        .into_inner();
+    let (mut header, mut bytes) = (None, Vec::new());
+    while let Some(message) = responses.message().await.expect("a response message") {
+        match message.payload {
+            Some(optimize_response::Payload::Header(first)) => header = Some(first),
+            Some(optimize_response::Payload::Chunk(chunk)) => bytes.extend_from_slice(&chunk),
+            None => {}
+        }
+    }
+    (header.expect("a header before the bytes"), bytes)
 }
 
 /// A multipart form with `image` and then the given text fields.

@@ -3,12 +3,9 @@
 //! over HTTP and gRPC alike, judged by the pixels of lossless outputs.
 
 use image::{GenericImageView as _, ImageEncoder as _, Rgba, RgbaImage};
-use nws_watermark::pb::{
-    ImageFormat, OptimizeOptions, OptimizeRequest, optimize_request, optimize_response,
-    optimizer_client::OptimizerClient,
-};
+use nws_watermark::pb::{ImageFormat, OptimizeOptions};
 
-use crate::{Mesh, assert_json_error, sha256_hex};
+use crate::{Mesh, assert_json_error, optimize_over_grpc, sha256_hex};
 
 const GREY: [u8; 3] = [128, 128, 128];
 
@@ -282,9 +279,6 @@ async fn a_rotated_tiled_mark_covers_the_image_and_grpc_draws_what_http_does() {
         }
     }
 
-    let mut optimizer = OptimizerClient::connect(mesh.process.url("optimizer"))
-        .await
-        .unwrap();
     let options = OptimizeOptions {
         watermark_text: "NWS".into(),
         tiled: true,
@@ -293,27 +287,8 @@ async fn a_rotated_tiled_mark_covers_the_image_and_grpc_draws_what_http_does() {
         text_size: 0.05,
         spacing: 40.0,
         format: ImageFormat::Png as i32,
-        input_size: photo.len() as u64,
         ..Default::default()
     };
-    let requests = vec![
-        OptimizeRequest {
-            payload: Some(optimize_request::Payload::Options(options)),
-        },
-        OptimizeRequest {
-            payload: Some(optimize_request::Payload::Chunk(photo.into())),
-        },
-    ];
-    let mut responses = optimizer
-        .optimize(tokio_stream::iter(requests))
-        .await
-        .expect("Optimize")
-        .into_inner();
-    let mut over_grpc = Vec::new();
-    while let Some(message) = responses.message().await.expect("a response message") {
-        if let Some(optimize_response::Payload::Chunk(chunk)) = message.payload {
-            over_grpc.extend_from_slice(&chunk);
-        }
-    }
+    let (_, over_grpc) = optimize_over_grpc(&mesh, options, photo).await;
     assert_eq!(over_grpc, over_http);
 }

@@ -27,6 +27,7 @@ use nws_watermark::{media, pb::ImageFormat};
 use super::{Pixels, fit_within, metadata};
 use crate::OptimizeError;
 
+pub mod animation;
 mod heif;
 mod jxl;
 
@@ -41,6 +42,8 @@ pub struct Limits {
     pub max_input_bytes: u64,
     pub max_pixels: u64,
     pub max_side: u32,
+    /// Frames × canvas pixels of an animation kept frame by frame.
+    pub max_animation_pixels: u64,
 }
 
 /// What an image's header says.
@@ -87,6 +90,7 @@ const PROBE_LIMITS: Limits = Limits {
     max_input_bytes: u64::MAX,
     max_pixels: 0,
     max_side: u32::MAX,
+    max_animation_pixels: 0,
 };
 
 /// Decodes `bytes` into upright pixels. When the format can decode smaller
@@ -372,19 +376,31 @@ fn open(
 /// few hundred bytes claiming a 4 GB chunk would otherwise cost 4 GB (found
 /// by fuzzing; kept in tests/fuzz-regressions).
 fn check_webp_chunks(bytes: &[u8]) -> Result<(), OptimizeError> {
+    webp_chunks(bytes).try_for_each(|chunk| chunk.map(drop))
+}
+
+/// A WebP's RIFF chunks, name and payload, after the file header; an error
+/// (and nothing after it) for a chunk that claims more bytes than follow.
+fn webp_chunks(bytes: &[u8]) -> impl Iterator<Item = Result<([u8; 4], &[u8]), OptimizeError>> {
     let mut at = 12; // "RIFF", size, "WEBP"
-    while at + 8 <= bytes.len() {
+    std::iter::from_fn(move || {
+        if at + 8 > bytes.len() {
+            return None;
+        }
+        let name: [u8; 4] = bytes[at..at + 4].try_into().expect("4 bytes");
         let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
-        let end = (at + 8).saturating_add(size);
+        let start = at + 8;
+        let end = start.saturating_add(size);
         if end > bytes.len() {
-            let name = String::from_utf8_lossy(&bytes[at..at + 4]).into_owned();
-            return Err(OptimizeError::Corrupt(format!(
-                "the WebP chunk {name:?} claims {size} bytes, past the end of the data (truncated or corrupt)"
-            )));
+            at = bytes.len(); // nothing after the damage
+            return Some(Err(OptimizeError::Corrupt(format!(
+                "the WebP chunk {:?} claims {size} bytes, past the end of the data (truncated or corrupt)",
+                String::from_utf8_lossy(&name)
+            ))));
         }
         at = end + (size & 1); // chunks are padded to an even length
-    }
-    Ok(())
+        Some(Ok((name, &bytes[start..end])))
+    })
 }
 
 /// Whether an end-of-image marker follows the first start-of-scan. Inside

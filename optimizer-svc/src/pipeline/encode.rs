@@ -135,6 +135,22 @@ pub fn encode(
     Ok(out)
 }
 
+/// An animated WebP, written frame by frame with the stills' settings
+/// (quality, libwebp's effort); `loop_count` 0 plays forever.
+pub fn animated_webp(
+    width: u32,
+    height: u32,
+    quality: u8,
+    loop_count: u16,
+) -> anyhow::Result<nws_webp::AnimEncoder> {
+    let settings = nws_webp::Settings {
+        quality: f32::from(quality),
+        method: WEBP_METHOD,
+        loop_count,
+    };
+    Ok(nws_webp::AnimEncoder::new(width, height, &settings)?)
+}
+
 /// Opaque pixels as AVIF through libavif and libaom.
 fn encode_avif(pixels: &Pixels, quality: u8) -> anyhow::Result<Vec<u8>> {
     let rgb = libavif::RgbPixels::new(pixels.width, pixels.height, &pixels.data)?;

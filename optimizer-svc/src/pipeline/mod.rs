@@ -1,6 +1,7 @@
 //! The image pipeline: decode → fit the box → watermark → encode, timed per
 //! stage. Pure and synchronous: the service runs it on the worker pool.
 
+mod animation;
 mod buffers;
 // The stages are public for the per-stage benchmarks (benches/stages.rs).
 pub mod decode;
@@ -13,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use image::DynamicImage;
-use nws_watermark::{media, pb::ImageFormat};
+use nws_watermark::{
+    media,
+    pb::{Animation, ImageFormat},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 
@@ -130,7 +134,10 @@ pub struct Output {
     pub source: Header,
     /// The text's ink; `None` for an image mark alone.
     pub ink: Option<Ink>,
+    /// Each stage's time; for an animation, summed over its frames.
     pub timings: Timings,
+    /// 1 for a still image.
+    pub frames: u32,
 }
 
 /// Runs the whole pipeline over an encoded image, stopping between stages
@@ -143,17 +150,20 @@ pub fn run(
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<Output, OptimizeError> {
-    let mut timings = Timings::default();
-    // Each stage is announced (at debug level) before it starts, so what
-    // ran for a job, and where a cancelled one stopped, can be seen.
-    let go_on = |stage| {
-        if cancel.is_cancelled() {
-            tracing::info!(stage, "pipeline stopped before a stage: its call was cancelled");
-            return Err(OptimizeError::Cancelled { stage });
+    if options.animated == Animation::Keep {
+        if input.len() as u64 > limits.max_input_bytes {
+            return Err(OptimizeError::TooManyBytes {
+                limit: limits.max_input_bytes,
+            });
         }
-        tracing::debug!(stage, "pipeline stage");
-        Ok(())
-    };
+        if let Some(found) = decode::animation::scan(input)? {
+            decode::animation::check(&found, limits)?;
+            return animation::run(input, &found, options, mark_image, limits, cancel);
+        }
+    }
+
+    let mut timings = Timings::default();
+    let go_on = |stage| go_on(cancel, stage);
 
     // A span per stage, child of the call's `optimize` span, with what the
     // stage worked on: enough to see in a trace why one image was slow.
@@ -261,5 +271,18 @@ pub fn run(
         source,
         ink,
         timings,
+        frames: 1,
     })
+}
+
+/// Whether the next stage may start: not once `cancel` is cancelled. Each
+/// stage is announced (at debug level) before it starts, so what ran for a
+/// job, and where a cancelled one stopped, can be seen.
+fn go_on(cancel: &CancellationToken, stage: &'static str) -> Result<(), OptimizeError> {
+    if cancel.is_cancelled() {
+        tracing::info!(stage, "pipeline stopped before a stage: its call was cancelled");
+        return Err(OptimizeError::Cancelled { stage });
+    }
+    tracing::debug!(stage, "pipeline stage");
+    Ok(())
 }

@@ -137,75 +137,115 @@ impl<'a> Mark<'a> {
 /// tiled mark, that of the first placement; each chooses its own), or
 /// `None` for an image alone.
 pub fn draw(pixels: &mut Pixels, mark: &Mark) -> Option<Ink> {
-    let (img_w, img_h) = (i64::from(pixels.width), i64::from(pixels.height));
-    let (across, down) = anchor(mark.position);
-    let text = Text::fit(mark, pixels.width, pixels.height);
-    let margin = match &text {
-        Some(text) => (text.px * 0.5).round() as i64,
-        None => (img_w / 50).max(1),
-    };
-    let shadow = text
-        .as_ref()
-        .map_or(0, |text| (text.px / 24.0).round().max(1.0) as i64);
-    let image = mark
-        .image
-        .and_then(|logo| scaled_logo(logo, mark.image_scale, pixels.width, pixels.height));
-    let stamp = Stamp::compose(text.as_ref(), image, across, shadow).rotated(mark.rotate);
-    if stamp.is_empty() {
-        return None;
-    }
-    let (w, h) = (stamp.width as i64, stamp.height as i64);
-    let shift_x = shift(mark.offset_x, img_w);
-    let shift_y = shift(mark.offset_y, img_h);
-    let places = if mark.tiled {
-        let gap = match mark.spacing {
-            0.0 => match &text {
-                Some(text) => (2.0 * text.px).round() as i64,
-                None => (w / 4).max(1),
-            },
-            s if s < 1.0 => (f64::from(s) * img_w as f64).round() as i64,
-            s => s.round() as i64,
-        };
-        tiles(
-            (img_w, img_h),
-            (w + shadow, h + shadow),
-            gap.max(1),
-            (margin + shift_x, margin + shift_y),
-        )
-    } else {
-        let place = |side: Side, image: i64, size: i64| match side {
-            Side::Start => margin,
-            Side::Middle => (image - size) / 2,
-            Side::End => image - margin - size - shadow,
-        };
-        vec![(place(across, img_w, w) + shift_x, place(down, img_h, h) + shift_y)]
-    };
+    Drawing::new(mark, pixels.width, pixels.height).paint(pixels)
+}
 
-    let opacity = mark.opacity.clamp(0.0, 1.0);
-    let mut first_ink = None;
-    for (x, y) in places {
-        let ink = if stamp.coverage.is_empty() {
-            None
-        } else {
-            let ink = match mark.color {
-                Some(rgba) => Ink::Fixed(rgba),
-                None => adaptive_ink(pixels, &stamp, x, y),
-            };
-            let (text_rgb, text_alpha, shadow_rgb) = colours(ink);
-            let text_opacity = opacity * text_alpha;
-            let shadow_opacity = SHADOW_OPACITY * (text_opacity / TEXT_OPACITY).min(1.0);
-            blend_coverage(pixels, &stamp, x + shadow, y + shadow, shadow_rgb, shadow_opacity);
-            blend_coverage(pixels, &stamp, x, y, text_rgb, text_opacity);
-            Some(ink)
+/// A mark laid out for one output size: its stamp rendered and rotated,
+/// its placements found. The frames of an animation share one, so the
+/// text is laid out once and its ink stays the same from frame to frame.
+pub struct Drawing {
+    stamp: Stamp,
+    places: Vec<(i64, i64)>,
+    shadow: i64,
+    opacity: f32,
+    color: Option<[u8; 4]>,
+    /// Each placement's ink, chosen on the first image painted.
+    inks: Option<Vec<Ink>>,
+}
+
+impl Drawing {
+    /// Lays `mark` out for a `width`×`height` output.
+    pub fn new(mark: &Mark, width: u32, height: u32) -> Self {
+        let (img_w, img_h) = (i64::from(width), i64::from(height));
+        let (across, down) = anchor(mark.position);
+        let text = Text::fit(mark, width, height);
+        let margin = match &text {
+            Some(text) => (text.px * 0.5).round() as i64,
+            None => (img_w / 50).max(1),
         };
-        if !stamp.art.is_empty() {
-            blend_art(pixels, &stamp, x, y, opacity);
-        }
-        if first_ink.is_none() {
-            first_ink = ink;
+        let shadow = text
+            .as_ref()
+            .map_or(0, |text| (text.px / 24.0).round().max(1.0) as i64);
+        let image = mark
+            .image
+            .and_then(|logo| scaled_logo(logo, mark.image_scale, width, height));
+        let stamp = Stamp::compose(text.as_ref(), image, across, shadow).rotated(mark.rotate);
+        let (w, h) = (stamp.width as i64, stamp.height as i64);
+        let shift_x = shift(mark.offset_x, img_w);
+        let shift_y = shift(mark.offset_y, img_h);
+        let places = if stamp.is_empty() {
+            Vec::new()
+        } else if mark.tiled {
+            let gap = match mark.spacing {
+                0.0 => match &text {
+                    Some(text) => (2.0 * text.px).round() as i64,
+                    None => (w / 4).max(1),
+                },
+                s if s < 1.0 => (f64::from(s) * img_w as f64).round() as i64,
+                s => s.round() as i64,
+            };
+            tiles(
+                (img_w, img_h),
+                (w + shadow, h + shadow),
+                gap.max(1),
+                (margin + shift_x, margin + shift_y),
+            )
+        } else {
+            let place = |side: Side, image: i64, size: i64| match side {
+                Side::Start => margin,
+                Side::Middle => (image - size) / 2,
+                Side::End => image - margin - size - shadow,
+            };
+            vec![(place(across, img_w, w) + shift_x, place(down, img_h, h) + shift_y)]
+        };
+        Self {
+            stamp,
+            places,
+            shadow,
+            opacity: mark.opacity.clamp(0.0, 1.0),
+            color: mark.color,
+            inks: None,
         }
     }
-    first_ink
+
+    /// Paints the mark onto `pixels`, which have the size it was laid out
+    /// for, and returns the ink of its first placement's text. The first
+    /// call chooses the adaptive inks from what lies under each placement;
+    /// later calls (an animation's next frames) keep them, so the text does
+    /// not flicker as the picture under it moves.
+    pub fn paint(&mut self, pixels: &mut Pixels) -> Option<Ink> {
+        let stamp = &self.stamp;
+        if self.places.is_empty() || stamp.coverage.is_empty() {
+            // An image alone (or nothing to draw): no ink to choose.
+            if !stamp.art.is_empty() {
+                for &(x, y) in &self.places {
+                    blend_art(pixels, stamp, x, y, self.opacity);
+                }
+            }
+            return None;
+        }
+        let inks = self.inks.get_or_insert_with(|| {
+            self.places
+                .iter()
+                .map(|&(x, y)| match self.color {
+                    Some(rgba) => Ink::Fixed(rgba),
+                    None => adaptive_ink(pixels, stamp, x, y),
+                })
+                .collect()
+        });
+        let shadow = self.shadow;
+        for (&(x, y), &ink) in self.places.iter().zip(inks.iter()) {
+            let (text_rgb, text_alpha, shadow_rgb) = colours(ink);
+            let text_opacity = self.opacity * text_alpha;
+            let shadow_opacity = SHADOW_OPACITY * (text_opacity / TEXT_OPACITY).min(1.0);
+            blend_coverage(pixels, stamp, x + shadow, y + shadow, shadow_rgb, shadow_opacity);
+            blend_coverage(pixels, stamp, x, y, text_rgb, text_opacity);
+            if !stamp.art.is_empty() {
+                blend_art(pixels, stamp, x, y, self.opacity);
+            }
+        }
+        inks.first().copied()
+    }
 }
 
 /// Where along one axis the mark is anchored.
@@ -765,6 +805,29 @@ mod tests {
         assert_eq!(
             draw(&mut dark, &mark("NWS © 2026", Position::BottomRight)),
             Some(Ink::Light)
+        );
+    }
+
+    #[test]
+    fn one_drawing_keeps_the_ink_it_chose_first_and_draws_the_same_place() {
+        // An animation's frames: the first dark, the next light. A drawing
+        // made for each would flip the ink; one drawing keeps it.
+        let mark = mark("NWS © 2026", Position::BottomRight);
+        let mut drawing = Drawing::new(&mark, 800, 600);
+        let (dark, light) = (flat(800, 600, 20), flat(800, 600, 230));
+        let mut first = dark.clone();
+        assert_eq!(drawing.paint(&mut first), Some(Ink::Light));
+        let mut second = light.clone();
+        assert_eq!(drawing.paint(&mut second), Some(Ink::Light));
+        assert_eq!(draw(&mut light.clone(), &mark), Some(Ink::Dark));
+        // The first frame is drawn as `draw` draws it, and the next in the
+        // same place (faint edges aside, which show on one background only).
+        assert_eq!(changed(&dark, &first), drawn(&dark, &mark));
+        let (a, b) = (bounds(&changed(&dark, &first)), bounds(&changed(&light, &second)));
+        let close = |p: u32, q: u32| p.abs_diff(q) <= 2;
+        assert!(
+            close(a.0, b.0) && close(a.1, b.1) && close(a.2, b.2) && close(a.3, b.3),
+            "{a:?} then {b:?}"
         );
     }
 
