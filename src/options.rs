@@ -15,7 +15,7 @@ use crate::{
 /// whenever a change alters output bytes (codec settings, the font, the
 /// resampler, the ink rule): it is part of every cache key, so an upgrade
 /// never serves renders made by the old pipeline.
-pub const PIPELINE_VERSION: &str = "2026-11-29.3";
+pub const PIPELINE_VERSION: &str = "2026-11-30.1";
 
 /// Opacity of the text when the caller does not choose one.
 pub const DEFAULT_OPACITY: f32 = 0.85;

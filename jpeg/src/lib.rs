@@ -53,6 +53,25 @@ pub enum Colorspace {
     Ycck,
 }
 
+/// The pixels a decode writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Samples {
+    /// Packed RGB, three bytes a pixel.
+    Rgb,
+    /// One byte a pixel: the samples of a greyscale JPEG as they are (the
+    /// luma of a colour one).
+    Gray,
+}
+
+impl Samples {
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            Samples::Rgb => 3,
+            Samples::Gray => 1,
+        }
+    }
+}
+
 impl Colorspace {
     /// Whether libjpeg can turn its samples into RGB (not CMYK or YCCK).
     pub fn decodes_to_rgb(self) -> bool {
@@ -203,13 +222,14 @@ impl Decompressor {
         })
     }
 
-    /// Decodes `jpeg` at `scale` into `out` as packed RGB, `width * 3` bytes
-    /// a row, where `width`×`height` is the header's size at that scale.
-    /// Fails for the colour spaces libjpeg cannot turn into RGB.
-    pub fn decode_rgb(
+    /// Decodes `jpeg` at `scale` into `out` as packed `samples`, `width`
+    /// pixels a row, where `width`×`height` is the header's size at that
+    /// scale. Fails for the colour spaces libjpeg cannot turn into RGB.
+    pub fn decode(
         &mut self,
         jpeg: &[u8],
         scale: Scale,
+        samples: Samples,
         out: &mut [u8],
     ) -> Result<Decoded<(u32, u32)>, Error> {
         let header = self.read_header(jpeg)?.value;
@@ -220,10 +240,10 @@ impl Decompressor {
             )));
         }
         let (width, height) = (scale.apply(header.width), scale.apply(header.height));
-        let pitch = width as usize * 3;
+        let pitch = width as usize * samples.bytes_per_pixel();
         if out.len() < pitch * height as usize {
             return Err(Error(format!(
-                "the output buffer holds {} bytes, not the {} of a {width}×{height} RGB image",
+                "the output buffer holds {} bytes, not the {} of a {width}×{height} {samples:?} image",
                 out.len(),
                 pitch * height as usize
             )));
@@ -247,7 +267,10 @@ impl Decompressor {
                 jpeg.len() as raw::size_t,
                 out.as_mut_ptr(),
                 pitch_c,
-                raw::TJPF_TJPF_RGB,
+                match samples {
+                    Samples::Rgb => raw::TJPF_TJPF_RGB,
+                    Samples::Gray => raw::TJPF_TJPF_GRAY,
+                },
             )
         };
         let warning = self.outcome(status)?;
@@ -413,7 +436,7 @@ mod tests {
             let mut decompressor = Decompressor::new(LIMITS).unwrap();
             for scale in Scale::ALL {
                 let mut out = vec![SENTINEL; width * height * 3 + 64];
-                let decoded = decompressor.decode_rgb(&jpeg, scale, &mut out).unwrap();
+                let decoded = decompressor.decode(&jpeg, scale, Samples::Rgb, &mut out).unwrap();
                 let (w, h) = (scale.apply(width as u32), scale.apply(height as u32));
                 assert_eq!(decoded.value, (w, h), "{width}×{height} at {scale}");
                 let len = w as usize * h as usize * 3;
@@ -449,7 +472,7 @@ mod tests {
         assert_eq!((header.value.width, header.value.height), (32, 16));
         for scale in Scale::ALL {
             let mut out = vec![0; 32 * 16 * 3];
-            let decoded = decompressor.decode_rgb(&jpeg, scale, &mut out).unwrap();
+            let decoded = decompressor.decode(&jpeg, scale, Samples::Rgb, &mut out).unwrap();
             assert_eq!(decoded.value, (scale.apply(32), scale.apply(16)));
             assert_eq!(decoded.warning, None);
             assert!(out[0] > 150 && out[2] < 80, "red on the left: {:?}", &out[..3]);
@@ -461,7 +484,9 @@ mod tests {
         let jpeg = insert_before_marker(&sample(), 0xDB, &[0x00, 0x13, 0x37]);
         let mut decompressor = Decompressor::new(LIMITS).unwrap();
         let mut out = vec![0; 32 * 16 * 3];
-        let decoded = decompressor.decode_rgb(&jpeg, Scale::FULL, &mut out).unwrap();
+        let decoded = decompressor
+            .decode(&jpeg, Scale::FULL, Samples::Rgb, &mut out)
+            .unwrap();
         let warning = decoded.warning.expect("libjpeg warns");
         assert!(warning.contains("extraneous bytes before marker"), "{warning}");
         // The last row is there too: red then blue, not grey fill.
@@ -480,11 +505,57 @@ mod tests {
         })
         .unwrap();
         let error = strict
-            .decode_rgb(&progressive, Scale::FULL, &mut out)
+            .decode(&progressive, Scale::FULL, Samples::Rgb, &mut out)
             .unwrap_err();
         assert!(error.0.contains("scans"), "{error}");
         let mut usual = Decompressor::new(LIMITS).unwrap();
-        assert!(usual.decode_rgb(&progressive, Scale::FULL, &mut out).is_ok());
+        assert!(
+            usual
+                .decode(&progressive, Scale::FULL, Samples::Rgb, &mut out)
+                .is_ok()
+        );
+    }
+
+    /// A greyscale JPEG decodes to one byte a pixel, the same values an RGB
+    /// decode repeats three times, at every scale.
+    #[test]
+    fn grey_samples_are_the_rgb_decode_of_a_grey_jpeg_one_channel_wide() {
+        let grey: Vec<u8> = (0..40 * 24).map(|i| (i * 7 % 256) as u8).collect();
+        let mut compressor = turbojpeg::Compressor::new().unwrap();
+        compressor.set_subsamp(turbojpeg::Subsamp::Gray).unwrap();
+        let jpeg = compressor
+            .compress_to_vec(turbojpeg::Image {
+                pixels: grey.as_slice(),
+                width: 40,
+                pitch: 40,
+                height: 24,
+                format: turbojpeg::PixelFormat::GRAY,
+            })
+            .unwrap();
+        let mut decompressor = Decompressor::new(LIMITS).unwrap();
+        assert_eq!(
+            decompressor.read_header(&jpeg).unwrap().value.colorspace,
+            Colorspace::Gray
+        );
+        for scale in Scale::ALL {
+            let (w, h) = (scale.apply(40) as usize, scale.apply(24) as usize);
+            let mut one = vec![0; w * h];
+            let mut three = vec![0; w * h * 3];
+            let decoded = decompressor
+                .decode(&jpeg, scale, Samples::Gray, &mut one)
+                .unwrap();
+            assert_eq!(decoded.value, (w as u32, h as u32));
+            decompressor
+                .decode(&jpeg, scale, Samples::Rgb, &mut three)
+                .unwrap();
+            let expanded: Vec<u8> = one.iter().flat_map(|&v| [v, v, v]).collect();
+            assert!(expanded == three, "at {scale}");
+        }
+        let mut short = vec![0; 40 * 24 - 1];
+        let error = decompressor
+            .decode(&jpeg, Scale::FULL, Samples::Gray, &mut short)
+            .unwrap_err();
+        assert!(error.0.contains("Gray image"), "{error}");
     }
 
     #[test]
@@ -493,13 +564,18 @@ mod tests {
         let mut out = vec![0; 32 * 16 * 3];
         assert!(
             decompressor
-                .decode_rgb(b"\xFF\xD8\xFF\xE0 not a jpeg", Scale::FULL, &mut out)
+                .decode(
+                    b"\xFF\xD8\xFF\xE0 not a jpeg",
+                    Scale::FULL,
+                    Samples::Rgb,
+                    &mut out
+                )
                 .is_err()
         );
         // A buffer too small is refused before libjpeg writes into it.
         let mut small = vec![0; 10];
         let error = decompressor
-            .decode_rgb(&sample(), Scale::FULL, &mut small)
+            .decode(&sample(), Scale::FULL, Samples::Rgb, &mut small)
             .unwrap_err();
         assert!(error.0.contains("output buffer"), "{error}");
     }

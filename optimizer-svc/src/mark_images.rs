@@ -93,7 +93,7 @@ impl MarkImages {
             ))
         })?;
         match decoded {
-            Ok((_, pixels)) => Ok(Arc::new(pixels)),
+            Ok((_, pixels)) => Ok(Arc::new(pixels.into_colour())),
             Err(
                 error @ (OptimizeError::TooManyPixels { .. }
                 | OptimizeError::SideTooLong { .. }

@@ -1,11 +1,14 @@
 //! Shrink-on-load at every M/8 scale libjpeg-turbo offers, on the test
 //! photos: each decodes at the smallest scale that still covers the output
 //! box, and what the resampler then makes of it looks like a full-size
-//! decode resampled the same way.
+//! decode resampled the same way. A greyscale photo stays one channel
+//! until the mark, and comes out a one-component JPEG when the mark is
+//! grey too.
 
 use nws_runtime::testing::test_image;
-use nws_watermark::pb::ResizeFilter;
-use optimizer_svc::pipeline::{Limits, decode, fit_within, resize};
+use nws_watermark::pb::{ImageFormat, ResizeFilter};
+use optimizer_svc::pipeline::{self, Limits, Options, decode, fit_within, resize};
+use tokio_util::sync::CancellationToken;
 
 const LIMITS: Limits = Limits {
     max_input_bytes: 25 << 20,
@@ -75,4 +78,31 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
         .sum();
     let mse = squared / a.len() as f64;
     10.0 * (255f64 * 255.0 / mse.max(1e-9)).log10()
+}
+
+#[test]
+fn a_greyscale_photo_is_decoded_grey_and_stays_grey_unless_the_mark_has_colour() {
+    let input = test_image("life_gray_3088x2056.jpg");
+    let (_, pixels) = decode::decode(&input, &LIMITS, BOX).unwrap();
+    assert_eq!(pixels.channels, 1, "one byte a pixel");
+    assert_eq!(pixels.data.len(), 1930 * 1285);
+
+    // The JPEG's frame header: its component count follows the length,
+    // precision, height and width.
+    let components = |options: &Options| {
+        let output = pipeline::run(&input, options, None, &LIMITS, &CancellationToken::new()).unwrap();
+        assert_eq!((output.width, output.height), (1622, 1080));
+        let at = output.bytes.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+        output.bytes[at + 9]
+    };
+    let jpeg = Options {
+        format: ImageFormat::Jpeg,
+        ..Options::default()
+    };
+    assert_eq!(components(&jpeg), 1, "grey photo, adaptive (grey) mark");
+    let red_mark = Options {
+        color: Some([220, 20, 20, 255]),
+        ..jpeg
+    };
+    assert_eq!(components(&red_mark), 3, "a red mark makes a colour picture");
 }

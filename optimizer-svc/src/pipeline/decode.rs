@@ -19,9 +19,11 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageReader, Rgb, metadata::Orientation};
+use image::{
+    DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageReader, Luma, Rgb, metadata::Orientation,
+};
 use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
-use nws_jpeg::{Decompressor, Scale};
+use nws_jpeg::{Colorspace, Decompressor, Samples, Scale};
 use nws_watermark::{media, pb::ImageFormat};
 
 use super::{Pixels, fit_within, metadata};
@@ -163,24 +165,46 @@ fn decode_jpeg(
         .find(|scale| scale.apply(header.width) >= cover_w && scale.apply(header.height) >= cover_h)
         .unwrap_or(Scale::FULL);
     let (width, height) = (scale.apply(header.width), scale.apply(header.height));
-    let mut data = super::buffers::take(width as usize * height as usize * 3);
+    // A greyscale photo stays one channel until it is resized: a third of
+    // the bytes to decode into and resample.
+    let samples = if jpeg.colorspace == Colorspace::Gray {
+        Samples::Gray
+    } else {
+        Samples::Rgb
+    };
+    let mut data = super::buffers::take(width as usize * height as usize * samples.bytes_per_pixel());
     let decoded = turbo
-        .decode_rgb(bytes, scale, &mut data)
+        .decode(bytes, scale, samples, &mut data)
         .map_err(|e| OptimizeError::Corrupt(e.0))?;
     log_warning(decoded.warning);
-    let mut pixels = if header.orientation == Orientation::NoTransforms {
-        Pixels {
+    let sized = "the buffer was sized for these dimensions";
+    let mut pixels = match (header.orientation, samples) {
+        (Orientation::NoTransforms, _) => Pixels {
             width,
             height,
-            channels: 3,
+            channels: samples.bytes_per_pixel() as u8,
             data,
+        },
+        (orientation, Samples::Gray) => {
+            let mut upright = DynamicImage::ImageLuma8(
+                ImageBuffer::<Luma<u8>, _>::from_raw(width, height, data).expect(sized),
+            );
+            upright.apply_orientation(orientation);
+            let (width, height) = (upright.width(), upright.height());
+            Pixels {
+                width,
+                height,
+                channels: 1,
+                data: upright.into_luma8().into_raw(),
+            }
         }
-    } else {
-        let buffer = ImageBuffer::<Rgb<u8>, _>::from_raw(width, height, data)
-            .expect("the buffer was sized for these dimensions");
-        let mut upright = DynamicImage::ImageRgb8(buffer);
-        upright.apply_orientation(header.orientation);
-        Pixels::from_image(upright)
+        (orientation, Samples::Rgb) => {
+            let mut upright = DynamicImage::ImageRgb8(
+                ImageBuffer::<Rgb<u8>, _>::from_raw(width, height, data).expect(sized),
+            );
+            upright.apply_orientation(orientation);
+            Pixels::from_image(upright)
+        }
     };
     if let Some(icc) = jpeg.icc_profile {
         to_srgb(&mut pixels, &icc);
@@ -240,6 +264,10 @@ fn truncated() -> OptimizeError {
 /// Converts pixels tagged with an RGB profile to sRGB; profiles that are
 /// sRGB already, not RGB (grey, CMYK) or unreadable leave them as they are.
 fn to_srgb(pixels: &mut Pixels, icc: &[u8]) {
+    if pixels.channels == 1 {
+        // Grey samples: an RGB profile does not describe them.
+        return;
+    }
     let Ok(source) = ColorProfile::new_from_slice(icc) else {
         tracing::debug!("unreadable ICC profile ignored");
         return;

@@ -28,7 +28,8 @@ pub use watermark::Ink;
 
 use crate::OptimizeError;
 
-/// Interleaved 8-bit pixels: RGB, or RGBA when the image has transparency.
+/// Interleaved 8-bit pixels: RGB, or RGBA when the image has transparency;
+/// grey (one channel) from a greyscale JPEG, until it is resized.
 #[derive(Debug, Clone)]
 pub struct Pixels {
     pub width: u32,
@@ -38,6 +39,19 @@ pub struct Pixels {
 }
 
 impl Pixels {
+    /// Grey pixels as RGB, for the stages that draw in colour (the mark) and
+    /// the encoders; other pixels as they are.
+    pub fn into_colour(self) -> Self {
+        if self.channels != 1 {
+            return self;
+        }
+        Self {
+            channels: 3,
+            data: self.data.iter().flat_map(|&value| [value; 3]).collect(),
+            ..self
+        }
+    }
+
     /// Converts any decoded image to 8-bit RGB(A). An alpha channel that is
     /// opaque everywhere is dropped, so it costs nothing downstream.
     fn from_image(image: DynamicImage) -> Self {
@@ -214,7 +228,8 @@ pub fn run(
     let mut pixels = span
         .in_scope(|| resize::resize(pixels, width, height, options.resize_filter))
         .context("resize")
-        .map_err(OptimizeError::Internal)?;
+        .map_err(OptimizeError::Internal)?
+        .into_colour();
     timings.resize = started.elapsed();
     drop(span);
 

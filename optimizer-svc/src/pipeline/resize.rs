@@ -26,10 +26,10 @@ pub fn resize(pixels: Pixels, width: u32, height: u32, filter: ResizeFilter) -> 
     if (pixels.width, pixels.height) == (width, height) {
         return Ok(pixels);
     }
-    let pixel_type = if pixels.channels == 4 {
-        PixelType::U8x4
-    } else {
-        PixelType::U8x3
+    let pixel_type = match pixels.channels {
+        1 => PixelType::U8,
+        4 => PixelType::U8x4,
+        _ => PixelType::U8x3,
     };
     let source = Image::from_vec_u8(pixels.width, pixels.height, pixels.data, pixel_type)?;
     let target_len = width as usize * height as usize * usize::from(pixels.channels);
@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn resamples_to_the_size_asked_keeping_the_picture() {
-        for channels in [3, 4] {
+        for channels in [1, 3, 4] {
             for filter in [ResizeFilter::Lanczos3, ResizeFilter::Fast] {
                 let resized = resize(ramp(64, 32, channels), 16, 8, filter).unwrap();
                 assert_eq!(
