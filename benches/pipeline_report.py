@@ -64,7 +64,7 @@ def upload(url: str, image: pathlib.Path, query: str = "format=auto", text: str 
 
 def vips(image: pathlib.Path) -> float:
     started = time.perf_counter()
-    thumb = pyvips.Image.thumbnail(str(image), 1920, height=1080)
+    thumb = pyvips.Image.thumbnail(str(image), 1920, height=1080, size="down")
     suffix = ".png" if thumb.hasalpha() else ".jpg[Q=85,strip]"
     thumb.write_to_buffer(suffix)
     return (time.perf_counter() - started) * 1000

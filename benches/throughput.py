@@ -52,7 +52,7 @@ os.environ["VIPS_CONCURRENCY"] = "1"
 import pyvips
 pyvips.cache_set_max(0)
 for _ in range(int(sys.argv[2])):
-    pyvips.Image.thumbnail(sys.argv[1], 1920, height=1080).write_to_buffer(".jpg[Q=85,strip]")
+    pyvips.Image.thumbnail(sys.argv[1], 1920, height=1080, size="down").write_to_buffer(".jpg[Q=85,strip]")
 """
 
 

@@ -1,5 +1,6 @@
 //! Each pipeline stage alone, on the 12 MP anchor photo (and the whole
-//! pipeline), so a change to one stage shows in its own number:
+//! pipeline), so a change to one stage shows in its own number; and the
+//! greyscale photo's decode, and its resize in one channel against three:
 //! `cargo bench -p optimizer-svc --bench stages`.
 
 use std::hint::black_box;
@@ -87,5 +88,29 @@ fn stages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stages);
+fn grey(c: &mut Criterion) {
+    let input = test_image("life_gray_3088x2056.jpg");
+    let (header, decoded) = decode::decode(&input, &LIMITS, (1920, 1080)).expect("decode");
+    assert_eq!(decoded.channels, 1);
+    let (width, height) = fit_within(header.width, header.height, 1920, 1080);
+    let widened = decoded.clone().into_colour();
+
+    let mut group = c.benchmark_group("life_gray_3088x2056");
+    group.sample_size(20);
+    group.bench_function("decode grey (5/8, 1930x1285)", |b| {
+        b.iter(|| decode::decode(black_box(&input), &LIMITS, (1920, 1080)).unwrap())
+    });
+    for (name, pixels) in [("1 channel", &decoded), ("3 channels", &widened)] {
+        group.bench_function(format!("resize lanczos3 to 1622x1080, {name}"), |b| {
+            b.iter_batched(
+                || pixels.clone(),
+                |pixels| resize::resize(pixels, width, height, ResizeFilter::Lanczos3).unwrap(),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stages, grey);
 criterion_main!(benches);

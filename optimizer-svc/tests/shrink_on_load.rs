@@ -2,8 +2,7 @@
 //! photos: each decodes at the smallest scale that still covers the output
 //! box, and what the resampler then makes of it looks like a full-size
 //! decode resampled the same way. A greyscale photo stays one channel
-//! until the mark, and comes out a one-component JPEG when the mark is
-//! grey too.
+//! until the mark.
 
 use nws_runtime::testing::test_image;
 use nws_watermark::pb::{ImageFormat, ResizeFilter};
@@ -81,28 +80,30 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
 }
 
 #[test]
-fn a_greyscale_photo_is_decoded_grey_and_stays_grey_unless_the_mark_has_colour() {
+fn a_greyscale_photo_is_decoded_and_resampled_grey_then_marked_in_colour() {
     let input = test_image("life_gray_3088x2056.jpg");
     let (_, pixels) = decode::decode(&input, &LIMITS, BOX).unwrap();
     assert_eq!(pixels.channels, 1, "one byte a pixel");
     assert_eq!(pixels.data.len(), 1930 * 1285);
 
-    // The JPEG's frame header: its component count follows the length,
-    // precision, height and width.
-    let components = |options: &Options| {
-        let output = pipeline::run(&input, options, None, &LIMITS, &CancellationToken::new()).unwrap();
+    let render = |color: Option<[u8; 4]>| {
+        let options = Options {
+            format: ImageFormat::Png,
+            color,
+            ..Options::default()
+        };
+        let output = pipeline::run(&input, &options, None, &LIMITS, &CancellationToken::new()).unwrap();
         assert_eq!((output.width, output.height), (1622, 1080));
-        let at = output.bytes.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
-        output.bytes[at + 9]
+        image::load_from_memory(&output.bytes).unwrap().to_rgb8()
     };
-    let jpeg = Options {
-        format: ImageFormat::Jpeg,
-        ..Options::default()
-    };
-    assert_eq!(components(&jpeg), 1, "grey photo, adaptive (grey) mark");
-    let red_mark = Options {
-        color: Some([220, 20, 20, 255]),
-        ..jpeg
-    };
-    assert_eq!(components(&red_mark), 3, "a red mark makes a colour picture");
+    let grey = |pixel: &image::Rgb<u8>| pixel[0] == pixel[1] && pixel[1] == pixel[2];
+    // Widened to RGB before the mark: a grey mark keeps every pixel grey,
+    // a red one is drawn red.
+    assert!(render(None).pixels().all(grey));
+    let red = render(Some([220, 20, 20, 255]));
+    assert!(
+        red.pixels().any(|p| p[0] > 150 && p[1] < 80),
+        "the red mark is red"
+    );
+    assert!(red.pixels().filter(|p| !grey(p)).count() < red.pixels().count() / 20);
 }

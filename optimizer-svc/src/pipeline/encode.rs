@@ -76,12 +76,7 @@ pub fn encode(
             };
             let mut compressor = Compressor::new()?;
             compressor.set_quality(i32::from(quality))?;
-            compressor.set_subsamp(if is_neutral(rgb) {
-                // A grey picture (a greyscale photo, a neutral mark): one
-                // component, which libjpeg computes from the RGB, and no
-                // chroma to encode or send.
-                Subsamp::Gray
-            } else if quality >= 90 {
+            compressor.set_subsamp(if quality >= 90 {
                 Subsamp::None
             } else {
                 Subsamp::Sub2x2
@@ -170,12 +165,6 @@ fn encode_avif(pixels: &Pixels, quality: u8) -> anyhow::Result<Vec<u8>> {
         .set_quality(quality)
         .set_max_threads(1);
     Ok(encoder.encode(&yuv)?.to_vec())
-}
-
-/// Whether every RGB pixel is a grey (its three values equal). Stops at the
-/// first colour, which in a colour photo comes within a few pixels.
-fn is_neutral(rgb: &[u8]) -> bool {
-    rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2])
 }
 
 /// JPEG has no alpha: composite over white, as browsers show transparency.
@@ -344,8 +333,7 @@ mod tests {
 
     #[test]
     fn jpeg_subsamples_chroma_below_quality_90_only_and_is_progressive_on_request() {
-        let mut pixels = ramp(32, 32, 3);
-        pixels.data[0] = 255; // one coloured pixel: not a grey picture
+        let pixels = ramp(32, 32, 3);
         let subsampling = |quality: u8| {
             let jpeg = encode(&pixels, ImageFormat::Jpeg, quality, false).unwrap();
             turbojpeg::read_header(&jpeg).unwrap().subsamp
@@ -358,29 +346,6 @@ mod tests {
         assert!(baseline.windows(2).any(|m| m == [0xFF, 0xC0]));
         assert!(progressive.windows(2).any(|m| m == [0xFF, 0xC2]));
         assert!(!progressive.windows(2).any(|m| m == [0xFF, 0xC0]));
-    }
-
-    #[test]
-    fn a_grey_picture_is_a_one_component_jpeg() {
-        // The component count follows the frame header's length, precision,
-        // height and width.
-        let components = |pixels: &Pixels| {
-            let jpeg = encode(pixels, ImageFormat::Jpeg, 85, false).unwrap();
-            let at = jpeg.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
-            (jpeg[at + 9], image::load_from_memory(&jpeg).unwrap().to_rgb8())
-        };
-        let grey = ramp(32, 32, 3);
-        let (count, decoded) = components(&grey);
-        assert_eq!(count, 1);
-        assert_eq!(decoded.dimensions(), (32, 32));
-        for y in [0, 16, 31] {
-            let expected = (y * 255 / 31) as i32;
-            let value = i32::from(decoded.get_pixel(5, y)[0]);
-            assert!((value - expected).abs() <= 6, "row {y}: {value}, not {expected}");
-        }
-        let mut tinted = grey.clone();
-        tinted.data[3 * 40] ^= 1; // one pixel, one step off grey
-        assert_eq!(components(&tinted).0, 3);
     }
 
     #[test]
