@@ -22,6 +22,15 @@ import memory
 from memory import MIB, Sampler, Services, images, rss, upload
 
 FLAT_WITHIN = 0.10
+ANIMATED_GIF = pathlib.Path(__file__).parent.parent / "optimizer-svc/tests/data/kleiber_pan_240x180_10f.gif"
+
+
+def gif_bomb(frames: int, side: int) -> bytes:
+    """`frames` one-pixel frames (15 bytes each) on a `side`×`side` canvas:
+    refused from its blocks before a frame is decoded."""
+    header = b"GIF89a" + side.to_bytes(2, "little") * 2 + bytes([0, 0, 0])
+    frame = bytes([0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0xFF, 0xFF, 0])
+    return header + frame * frames + b"\x3b"
 
 
 def workload(photos: list[pathlib.Path]) -> list[tuple[str, bytes, dict[str, str], set[int]]]:
@@ -50,7 +59,11 @@ def workload(photos: list[pathlib.Path]) -> list[tuple[str, bytes, dict[str, str
         ]
     jpeg = next(p for p in photos if p.name.startswith("kleiber")).read_bytes()
     png = next(p for p in photos if p.suffix == ".png").read_bytes()
+    gif = ANIMATED_GIF.read_bytes()
     round_ += [
+        ("animated GIF, every frame", gif, {"animated": "keep"}, {200} | busy),
+        ("animated GIF, first frame", gif, {}, {200} | busy),
+        ("animation bomb", gif_bomb(10_000, 1000), {"animated": "keep"}, {400} | busy),
         ("text file", b"this is not an image, whatever its name says\n" * 40, {}, {415} | busy),
         ("truncated JPEG", jpeg[: len(jpeg) // 2], {}, {400, 422} | busy),
         ("truncated PNG", png[: len(png) // 3], {}, {400, 422} | busy),
@@ -131,7 +144,7 @@ def main() -> None:
     where = "three processes" if args.separate else "nws-mesh"
     print(f"Soak: {args.uploads} uploads ({len(round_)} kinds in a seeded shuffle: every photo as "
           f"auto in 1920×1080, JPEG and WebP in 1024×1024, PNG in 800×800, JPEG 800 px tiled, AVIF in "
-          f"480×480; a text file, a truncated JPEG and a truncated PNG), {args.concurrency} at once, "
+          f"480×480; an animated GIF kept and as a still; a text file, a truncated JPEG, a truncated PNG and a GIF bomb), {args.concurrency} at once, "
           f"{where}, L1 off, allocator: {args.label}; "
           f"{elapsed:.0f} s. HTTP statuses: "
           + ", ".join(f"{code}: {n}" for code, n in sorted(statuses.items()))
