@@ -404,7 +404,58 @@ fn open(
 /// few hundred bytes claiming a 4 GB chunk would otherwise cost 4 GB (found
 /// by fuzzing; kept in tests/fuzz-regressions).
 fn check_webp_chunks(bytes: &[u8]) -> Result<(), OptimizeError> {
-    webp_chunks(bytes).try_for_each(|chunk| chunk.map(drop))
+    for chunk in webp_chunks(bytes) {
+        let (name, payload) = chunk?;
+        if &name == b"ANMF" {
+            check_animation_frame(payload)?;
+        }
+    }
+    Ok(())
+}
+
+/// An animation frame's bitstream must have the size its ANMF header
+/// gives. The WebP decoder checks that for frames without alpha only; a
+/// frame with an ALPH chunk and a larger bitstream made it index past its
+/// alpha buffer and panic (found by fuzzing; kept in
+/// tests/fuzz-regressions).
+fn check_animation_frame(anmf: &[u8]) -> Result<(), OptimizeError> {
+    let u24 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], 0]);
+    let u16_at = |b: &[u8], at: usize| u32::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    // Position (6 bytes), width - 1 and height - 1 (3 each), duration and
+    // flags (4), then the frame's own chunks.
+    if anmf.len() < 16 {
+        return Err(OptimizeError::Corrupt(format!(
+            "a WebP animation frame (ANMF) of {} bytes, shorter than its 16-byte header",
+            anmf.len()
+        )));
+    }
+    let declared = (u24(&anmf[6..9]) + 1, u24(&anmf[9..12]) + 1);
+    let mut at = 16;
+    while at + 8 <= anmf.len() {
+        let size = u32::from_le_bytes(anmf[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        let data = &anmf[at + 8..(at + 8).saturating_add(size).min(anmf.len())];
+        // A lossy keyframe's size follows its tag and start code; a
+        // lossless one's its signature byte (14 bits each, minus one).
+        let coded = match &anmf[at..at + 4] {
+            b"VP8 " if data.len() >= 10 => Some((u16_at(data, 6) & 0x3FFF, u16_at(data, 8) & 0x3FFF)),
+            b"VP8L" if data.len() >= 5 => {
+                let bits = u32::from_le_bytes(data[1..5].try_into().expect("4 bytes"));
+                Some(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
+            }
+            _ => None,
+        };
+        if let Some(coded) = coded {
+            if coded != declared {
+                return Err(OptimizeError::Corrupt(format!(
+                    "a WebP animation frame is {}×{} in its ANMF header but {}×{} in its bitstream",
+                    declared.0, declared.1, coded.0, coded.1
+                )));
+            }
+            return Ok(());
+        }
+        at = (at + 8).saturating_add(size).saturating_add(size & 1);
+    }
+    Ok(())
 }
 
 /// A WebP's RIFF chunks, name and payload, after the file header; an error

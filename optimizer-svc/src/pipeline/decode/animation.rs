@@ -16,7 +16,9 @@ use image::{
 };
 use nws_watermark::{media, pb::ImageFormat};
 
-use super::{Header, Limits, Pixels, check_limits, codec_limits, decode_error, webp_chunks};
+use super::{
+    Header, Limits, Pixels, check_animation_frame, check_limits, codec_limits, decode_error, webp_chunks,
+};
 use crate::OptimizeError;
 
 /// What a container says about its animation.
@@ -171,7 +173,10 @@ fn scan_webp(bytes: &[u8]) -> Result<Option<Animation>, OptimizeError> {
                 canvas = Some((u24(&payload[4..7]) + 1, u24(&payload[7..10]) + 1));
             }
             b"ANIM" if payload.len() >= 6 => loop_count = u16::from_le_bytes([payload[4], payload[5]]),
-            b"ANMF" => frames += 1,
+            b"ANMF" => {
+                check_animation_frame(payload)?;
+                frames += 1;
+            }
             _ => {}
         }
     }
