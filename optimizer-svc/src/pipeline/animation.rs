@@ -20,8 +20,8 @@ use super::{
 };
 use crate::OptimizeError;
 
-/// Runs the pipeline over every frame of `animation`, which `input` holds
-/// and which is within `limits` (checked by the caller).
+/// Runs the pipeline over every frame of `animation`, what
+/// `decode::animation::scan` found in `input` within `limits`.
 pub(super) fn run(
     input: &[u8],
     animation: &Animation,

@@ -100,11 +100,7 @@ const PROBE_LIMITS: Limits = Limits {
 /// fitted into `max_box`; otherwise they are full size. Images over
 /// `limits` are refused before their pixels are decoded.
 pub fn decode(bytes: &[u8], limits: &Limits, max_box: (u32, u32)) -> Result<(Header, Pixels), OptimizeError> {
-    if bytes.len() as u64 > limits.max_input_bytes {
-        return Err(OptimizeError::TooManyBytes {
-            limit: limits.max_input_bytes,
-        });
-    }
+    check_size(bytes, limits)?;
     if media::sniff(bytes) == Some(ImageFormat::Jpeg)
         && let Some(decoded) = decode_jpeg(bytes, limits, max_box)?
     {
@@ -315,6 +311,15 @@ fn same_primaries(a: &ColorProfile, b: &ColorProfile) -> bool {
     close(&a.red_colorant, &b.red_colorant)
         && close(&a.green_colorant, &b.green_colorant)
         && close(&a.blue_colorant, &b.blue_colorant)
+}
+
+fn check_size(bytes: &[u8], limits: &Limits) -> Result<(), OptimizeError> {
+    if bytes.len() as u64 > limits.max_input_bytes {
+        return Err(OptimizeError::TooManyBytes {
+            limit: limits.max_input_bytes,
+        });
+    }
+    Ok(())
 }
 
 fn check_limits(header: &Header, limits: &Limits) -> Result<(), OptimizeError> {

@@ -164,16 +164,10 @@ pub fn run(
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<Output, OptimizeError> {
-    if options.animated == Animation::Keep {
-        if input.len() as u64 > limits.max_input_bytes {
-            return Err(OptimizeError::TooManyBytes {
-                limit: limits.max_input_bytes,
-            });
-        }
-        if let Some(found) = decode::animation::scan(input)? {
-            decode::animation::check(&found, limits)?;
-            return animation::run(input, &found, options, mark_image, limits, cancel);
-        }
+    if options.animated == Animation::Keep
+        && let Some(found) = decode::animation::scan(input, limits)?
+    {
+        return animation::run(input, &found, options, mark_image, limits, cancel);
     }
 
     let mut timings = Timings::default();

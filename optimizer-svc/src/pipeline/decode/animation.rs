@@ -17,7 +17,8 @@ use image::{
 use nws_watermark::{media, pb::ImageFormat};
 
 use super::{
-    Header, Limits, Pixels, check_animation_frame, check_limits, codec_limits, decode_error, webp_chunks,
+    Header, Limits, Pixels, check_animation_frame, check_limits, check_size, codec_limits, decode_error,
+    webp_chunks,
 };
 use crate::OptimizeError;
 
@@ -53,19 +54,23 @@ impl Animation {
 
 /// The animation `bytes` hold, when they are a GIF or WebP of more than
 /// one frame; `None` for everything else, stills included. Reads the
-/// container only.
-pub fn scan(bytes: &[u8]) -> Result<Option<Animation>, OptimizeError> {
+/// container only, and refuses an animation over `limits`: its bytes, its
+/// canvas, or its frames in all.
+pub fn scan(bytes: &[u8], limits: &Limits) -> Result<Option<Animation>, OptimizeError> {
+    check_size(bytes, limits)?;
     let animation = match media::sniff(bytes) {
         Some(ImageFormat::Gif) => scan_gif(bytes),
         Some(ImageFormat::Webp) => scan_webp(bytes)?,
         _ => None,
     };
-    Ok(animation.filter(|animation| animation.frames > 1))
+    let Some(animation) = animation.filter(|animation| animation.frames > 1) else {
+        return Ok(None);
+    };
+    check(&animation, limits)?;
+    Ok(Some(animation))
 }
 
-/// Refuses an animation whose canvas, or whose frames in all, are over
-/// `limits`.
-pub fn check(animation: &Animation, limits: &Limits) -> Result<(), OptimizeError> {
+fn check(animation: &Animation, limits: &Limits) -> Result<(), OptimizeError> {
     check_limits(&animation.header(), limits)?;
     let total = animation.total_pixels();
     if total > limits.max_animation_pixels {
@@ -192,6 +197,7 @@ fn scan_webp(bytes: &[u8]) -> Result<Option<Animation>, OptimizeError> {
 /// The frames of `animation`, decoded one at a time: each is the whole
 /// canvas (RGBA) and how long it shows. Yields an error, and nothing after
 /// it, for a damaged frame, or for more frames than the scan counted.
+/// `animation` is what [`scan`] found in `bytes`.
 pub fn frames<'a>(
     bytes: &'a [u8],
     animation: &Animation,
