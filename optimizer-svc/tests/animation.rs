@@ -269,6 +269,13 @@ fn an_animation_bomb_is_refused_before_any_frame_is_decoded() {
     assert!(message.contains("NWS_MAX_ANIMATION_PIXELS"), "{message}");
     assert!(message.contains("animated=first"), "{message}");
     assert_eq!(tonic::Status::from(error).code(), tonic::Code::InvalidArgument);
+
+    // A canvas of nothing is refused from the header too.
+    let error = run(&gif_bomb(3, 0), &keep(1920, 1080), &LIMITS).unwrap_err();
+    assert!(
+        matches!(&error, OptimizeError::Corrupt(message) if message == "the animation's canvas is 0×0"),
+        "{error:?}"
+    );
 }
 
 #[test]

@@ -71,6 +71,12 @@ pub fn scan(bytes: &[u8], limits: &Limits) -> Result<Option<Animation>, Optimize
 }
 
 fn check(animation: &Animation, limits: &Limits) -> Result<(), OptimizeError> {
+    if animation.width == 0 || animation.height == 0 {
+        return Err(OptimizeError::Corrupt(format!(
+            "the animation's canvas is {}×{}",
+            animation.width, animation.height
+        )));
+    }
     check_limits(&animation.header(), limits)?;
     let total = animation.total_pixels();
     if total > limits.max_animation_pixels {
