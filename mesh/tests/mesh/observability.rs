@@ -284,22 +284,21 @@ async fn the_admin_listener_profiles_the_cpu_and_the_public_port_does_not() {
     let mesh = Mesh::start();
     let admin = mesh.process.url("admin");
     let photo = test_image(KLEIBER);
-    // Work to sample while the profile runs.
-    let work = async {
-        for round in 0..3 {
-            let response = mesh
-                .post(
-                    &format!("/v1/watermark?format=jpeg&wm_text=profiled%20{round}"),
-                    photo.clone(),
-                )
-                .await;
-            assert_eq!(response.status(), 200);
+    // Work to sample for as long as the profile runs (at most 40 uploads):
+    // a fixed few could all finish before a slow start of the profiler.
+    let profiling = reqwest::get(format!("{admin}/debug/pprof/profile?seconds=2"));
+    tokio::pin!(profiling);
+    let mut round = 0;
+    let profile = loop {
+        let path = format!("/v1/watermark?format=jpeg&wm_text=profiled%20{round}");
+        tokio::select! {
+            profile = &mut profiling => break profile,
+            response = mesh.post(&path, photo.clone()), if round < 40 => {
+                assert_eq!(response.status(), 200);
+                round += 1;
+            }
         }
     };
-    let (profile, ()) = tokio::join!(
-        reqwest::get(format!("{admin}/debug/pprof/profile?seconds=2")),
-        work
-    );
     let profile = profile.unwrap();
     assert_eq!(profile.status(), 200);
     assert_eq!(profile.headers()["content-type"], "application/octet-stream");
