@@ -12,12 +12,5 @@ IMAGES="${NWS_TEST_IMAGES:-../shared/testdata/images}"
 source benches/lib.sh
 # libvips from Debian, pyvips from PyPI.
 use_pyvips
-
-cargo build --release --locked -p nws-mesh >&2
-DATA="$(mktemp -d)"
-start_mesh "$DATA" NWS_OPTIMIZER_WORKERS=1
-trap 'kill $MESH_PID 2>/dev/null; rm -rf "$DATA"' EXIT
-
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$VENV/bin/python" benches/animation.py --gateway "$GATEWAY" --images "$IMAGES" --runs "$RUNS"
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+start_bench_mesh NWS_OPTIMIZER_WORKERS=1
+with_load_average "$VENV/bin/python" benches/animation.py --gateway "$GATEWAY" --images "$IMAGES" --runs "$RUNS"

@@ -10,8 +10,9 @@
 #   bash benches/memory.sh --preload /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 --label "jemalloc 5.3 (LD_PRELOAD)"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nws-watermark/target}"
-cargo build --release --locked -p nws-mesh -p gateway -p optimizer-svc -p storage-svc --bins >&2
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+build_services
 python3 benches/memory.py --bin-dir "$CARGO_TARGET_DIR/release" \
   --images "${NWS_TEST_IMAGES:-../shared/testdata/images}" \
   --csv "${NWS_MEMORY_CSV:-/tmp/nws-memory.csv}" "$@"

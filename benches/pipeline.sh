@@ -13,12 +13,5 @@ IMAGES="${NWS_TEST_IMAGES:-../shared/testdata/images}"
 source benches/lib.sh
 # libvips from Debian, pyvips from PyPI, djpeg/cjpeg for the libjpeg-turbo floor.
 use_pyvips libjpeg-turbo-progs
-
-cargo build --release --locked -p nws-mesh >&2
-DATA="$(mktemp -d)"
-start_mesh "$DATA" NWS_OPTIMIZER_WORKERS=1
-trap 'kill $MESH_PID 2>/dev/null; rm -rf "$DATA"' EXIT
-
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$VENV/bin/python" benches/pipeline_report.py --gateway "$GATEWAY" --images "$IMAGES" --runs "$RUNS"
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+start_bench_mesh NWS_OPTIMIZER_WORKERS=1
+with_load_average "$VENV/bin/python" benches/pipeline_report.py --gateway "$GATEWAY" --images "$IMAGES" --runs "$RUNS"

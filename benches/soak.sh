@@ -9,8 +9,9 @@
 #   bash benches/soak.sh [soak.py options, e.g. --uploads 2000 --separate]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nws-watermark/target}"
-cargo build --release --locked -p nws-mesh -p gateway -p optimizer-svc -p storage-svc --bins >&2
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+build_services
 python3 benches/soak.py --bin-dir "$CARGO_TARGET_DIR/release" \
   --images "${NWS_TEST_IMAGES:-../shared/testdata/images}" \
   --csv "${NWS_SOAK_CSV:-/tmp/nws-soak.csv}" "$@"

@@ -372,6 +372,19 @@ pub fn test_images_dir() -> PathBuf {
     dir
 }
 
+/// The bounding box of some pixel positions, as (min x, min y, max x,
+/// max y): where a drawing changed an image. Panics on no points.
+pub fn bounds(points: &[(u32, u32)]) -> (u32, u32, u32, u32) {
+    let xs = points.iter().map(|p| p.0);
+    let ys = points.iter().map(|p| p.1);
+    (
+        xs.clone().min().expect("at least one point"),
+        ys.clone().min().expect("at least one point"),
+        xs.max().expect("at least one point"),
+        ys.max().expect("at least one point"),
+    )
+}
+
 /// Reads one test photo by file name.
 pub fn test_image(name: &str) -> Vec<u8> {
     let path = test_images_dir().join(name);

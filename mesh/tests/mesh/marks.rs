@@ -3,6 +3,7 @@
 //! over HTTP and gRPC alike, judged by the pixels of lossless outputs.
 
 use image::{GenericImageView as _, ImageEncoder as _, Rgba, RgbaImage};
+use nws_runtime::testing::bounds;
 use nws_watermark::pb::{ImageFormat, OptimizeOptions};
 
 use crate::{Mesh, assert_json_error, optimize_over_grpc, sha256_hex};
@@ -98,17 +99,6 @@ fn marked(png: &[u8]) -> (Vec<(u32, u32)>, image::DynamicImage) {
         .map(|(x, y, _)| (x, y))
         .collect();
     (changed, image)
-}
-
-fn bounds(points: &[(u32, u32)]) -> (u32, u32, u32, u32) {
-    let xs = points.iter().map(|p| p.0);
-    let ys = points.iter().map(|p| p.1);
-    (
-        xs.clone().min().unwrap(),
-        ys.clone().min().unwrap(),
-        xs.max().unwrap(),
-        ys.max().unwrap(),
-    )
 }
 
 async fn ok_bytes(response: reqwest::Response) -> (reqwest::header::HeaderMap, Vec<u8>) {

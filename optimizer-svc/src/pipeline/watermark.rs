@@ -749,6 +749,8 @@ fn over(pixel: &mut [u8], rgb: [f32; 3], a: f32) {
 
 #[cfg(test)]
 mod tests {
+    use nws_runtime::testing::bounds;
+
     use super::*;
 
     fn mark(text: &str, position: Position) -> Mark<'_> {
@@ -780,18 +782,6 @@ mod tests {
         let mut after = image.clone();
         draw(&mut after, mark);
         changed(image, &after)
-    }
-
-    /// The bounding box of some pixels: (min x, min y, max x, max y).
-    fn bounds(points: &[(u32, u32)]) -> (u32, u32, u32, u32) {
-        let xs = points.iter().map(|p| p.0);
-        let ys = points.iter().map(|p| p.1);
-        (
-            xs.clone().min().unwrap(),
-            ys.clone().min().unwrap(),
-            xs.max().unwrap(),
-            ys.max().unwrap(),
-        )
     }
 
     #[test]
