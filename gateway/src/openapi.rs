@@ -226,6 +226,10 @@ fn hand_written_paths() -> BTreeMap<String, Value> {
             json!({ "get": { "operationId": "Ready", "summary": "Readiness: upstreams serving; Redis down means degraded, still ready", "responses": health } }),
         ),
         (
+            "/ui/config.json".to_owned(),
+            json!({ "get": { "operationId": "UiConfig", "summary": "What the web page needs to know: max_upload_bytes, auth, signed_links, queue, trace_viewer, and options (each upload option's schema, as in this document's parameters)", "responses": { "200": { "description": "the settings", "content": { "application/json": { "schema": { "type": "object", "required": ["max_upload_bytes", "auth", "signed_links", "queue", "trace_viewer", "options"] } } } } } } }),
+        ),
+        (
             "/openapi.json".to_owned(),
             json!({ "get": { "operationId": "OpenApi", "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }),
         ),
@@ -239,7 +243,7 @@ fn as_written(value: f32) -> f64 {
 
 /// The schema of an upload option, with its default and range from the
 /// same table the parser uses.
-fn param_schema(kind: params::Kind) -> Value {
+pub fn param_schema(kind: params::Kind) -> Value {
     match kind {
         params::Kind::Text { max_chars, default } => {
             json!({ "type": "string", "maxLength": max_chars, "default": default })

@@ -306,7 +306,12 @@ impl Results {
         let Some(job) = render else {
             return Err(ApiError::NotFound(format!("no result with key {key}")));
         };
-        let (header, bytes) = self.upstreams.render(job, RenderPriority::Interactive).await?;
+        let rendering = Instant::now();
+        let rendered = self.upstreams.render(job, RenderPriority::Interactive).await;
+        // The whole call: the optimizer's stages are inside it, and the
+        // rest is its waiting line, its storage reads and writes, transfer.
+        timing.since("render", "optimizer: the whole Render call", rendering);
+        let (header, bytes) = rendered?;
         let image = match named(&header, key) {
             Some(name) => {
                 let image = CachedImage::new(&name, bytes);

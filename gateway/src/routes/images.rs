@@ -15,7 +15,7 @@ use crate::{error::ApiError, results::Found, timing::ServerTiming};
 
 /// A key names one rendering of one original for good: caches anywhere
 /// may keep it for a year without asking again.
-const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+pub const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 
 pub async fn get(
     State(state): State<AppState>,
@@ -116,7 +116,7 @@ pub fn image_response(
 
 /// `If-None-Match` as RFC 9110 reads it for GET: weak comparison, a list,
 /// or `*`.
-fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+pub fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
     let ours = etag.as_bytes();
     headers
         .get_all(header::IF_NONE_MATCH)

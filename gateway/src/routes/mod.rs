@@ -7,6 +7,8 @@ mod jobs;
 mod objects;
 mod watermark;
 
+pub use images::{IMMUTABLE, if_none_match};
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -43,6 +45,10 @@ pub struct Shared {
     pub jobs: crate::jobs::Jobs,
     /// NWS_WATERMARK_IMAGE: the mark image of uploads that name none.
     pub default_mark: Option<crate::mark_image::DefaultMark>,
+    /// NWS_TRACE_VIEWER_URL: where the page links a trace id.
+    pub trace_viewer: Option<String>,
+    /// NWS_WEB_UI: serve the browser front-end at `/`.
+    pub web_ui: bool,
 }
 
 impl AppState {
@@ -63,7 +69,8 @@ pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig, policy: 
     let openapi = Bytes::from(
         serde_json::to_vec(&crate::openapi::document(bindings)).expect("a JSON value serialises"),
     );
-    let router = Router::new()
+    let web_ui = state.web_ui;
+    let mut router = Router::new()
         .route("/v1/watermark", post(watermark::upload))
         .route("/upload", post(watermark::upload))
         .route("/v1/images/{key}", get(images::get))
@@ -80,12 +87,16 @@ pub fn router(state: AppState, bindings: &[Binding], http: &HttpConfig, policy: 
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi.clone()) }),
         )
-        .merge(crate::transcode::routes(bindings, &state.upstreams))
+        .merge(crate::transcode::routes(bindings, &state.upstreams));
+    if web_ui {
+        router = router.merge(crate::web::routes());
+    }
+    let router = router
         .with_state(state)
         // Upload handlers enforce NWS_MAX_UPLOAD_BYTES themselves, while
         // streaming; axum's buffered default must not cut in first.
         .layer(DefaultBodyLimit::disable());
-    nws_runtime::http::layer_stack(router, GATEWAY.name, http, policy, rules(bindings))
+    nws_runtime::http::layer_stack(router, GATEWAY.name, http, policy, rules(bindings, web_ui))
 }
 
 const JOBS_ADMIN: Access = Access::Scoped {
@@ -96,7 +107,7 @@ const JOBS_ADMIN: Access = Access::Scoped {
 /// What each route needs. Results and originals also open to signed links
 /// (for `<img>` tags, which cannot send a token); a transcoded route needs
 /// what its RPC needs.
-fn rules(bindings: &[Binding]) -> HttpRules {
+fn rules(bindings: &[Binding], web_ui: bool) -> HttpRules {
     let mut rules = HttpRules::new();
     rules
         .insert(Method::POST, "/v1/watermark", Access::WRITE)
@@ -120,6 +131,16 @@ fn rules(bindings: &[Binding]) -> HttpRules {
                 class: RateClass::Read,
             },
         );
+    if web_ui {
+        // The page itself is public; what it calls is not.
+        rules
+            .insert(Method::GET, "/", Access::Open)
+            .insert(Method::GET, "/assets/{file}", Access::Open)
+            .insert(Method::GET, "/ui/config.json", Access::Open);
+        for path in crate::web::top_level_paths() {
+            rules.insert(Method::GET, path, Access::Open);
+        }
+    }
     for binding in bindings {
         let path = format!(
             "/{}/{}",

@@ -13,6 +13,8 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("nws-mesh", "NWS_MAX_UPLOAD_BYTES", "lots"),
         ("nws-mesh", "NWS_DRAIN_TIMEOUT", "soon"),
         ("nws-mesh", "NWS_AUTO_AVIF", "sometimes"),
+        ("nws-mesh", "NWS_TRACE_VIEWER_URL", "http://jaeger:16686/trace/"),
+        ("gateway", "NWS_WEB_UI", "maybe"),
         ("gateway", "NWS_OPTIMIZER_URL", "ftp://optimizer"),
         ("optimizer-svc", "NWS_MAX_PIXELS", "-5"),
         ("optimizer-svc", "NWS_STORAGE_URL", "storage:50052"),

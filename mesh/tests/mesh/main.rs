@@ -11,6 +11,7 @@ mod lifecycle;
 mod marks;
 mod observability;
 mod protocol;
+mod web;
 
 use std::path::PathBuf;
 

@@ -245,6 +245,7 @@ async fn annotated_rpcs_answer_json_and_openapi_describes_every_route() {
         ("/v1/watermark", "post"),
         ("/v1/images/{key}", "get"),
         ("/readyz", "get"),
+        ("/ui/config.json", "get"),
     ] {
         assert!(
             openapi["paths"][path][method].is_object(),

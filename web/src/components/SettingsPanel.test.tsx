@@ -1,0 +1,58 @@
+import { fireEvent, render, screen } from "@testing-library/preact";
+import { describe, expect, it, vi } from "vitest";
+import { defaults } from "../settings";
+import { SettingsPanel } from "./SettingsPanel";
+
+const POSITIONS = ["bottom-right", "bottom-left", "top-right", "top-left", "center", "top", "bottom", "left", "right"];
+const OPTIONS = {
+  wm_position: { type: "string" as const, enum: POSITIONS, default: "bottom-right" },
+  format: { type: "string" as const, enum: ["auto", "avif", "webp", "jpeg", "png"], default: "auto" },
+  quality: { type: "integer" as const, minimum: 1, maximum: 100, default: 85 },
+};
+
+describe("SettingsPanel", () => {
+  it("offers every anchor the server has on a grid, and picks one", () => {
+    const onChange = vi.fn();
+    render(
+      <SettingsPanel
+        settings={defaults(OPTIONS)}
+        options={OPTIONS}
+        onChange={onChange}
+        onLogo={() => {}}
+        onReset={() => {}}
+      />,
+    );
+    const radios = screen.getAllByRole("radio") as HTMLInputElement[];
+    expect(radios.map((r) => r.value)).toEqual([
+      "top-left",
+      "top",
+      "top-right",
+      "left",
+      "center",
+      "right",
+      "bottom-left",
+      "bottom",
+      "bottom-right",
+    ]);
+    expect(radios.find((r) => r.checked)!.value).toBe("bottom-right");
+    fireEvent.click(screen.getByLabelText("Top left"));
+    expect(onChange).toHaveBeenCalledWith(expect.objectContaining({ position: "top-left" }));
+  });
+
+  it("offers the formats the server has, and labels every control", () => {
+    render(
+      <SettingsPanel
+        settings={defaults(OPTIONS)}
+        options={OPTIONS}
+        onChange={() => {}}
+        onLogo={() => {}}
+        onReset={() => {}}
+      />,
+    );
+    const format = screen.getByLabelText("Format") as HTMLSelectElement;
+    expect([...format.options].map((o) => o.value)).toEqual(["auto", "avif", "webp", "jpeg", "png"]);
+    for (const label of ["Text", /Opacity/, /Quality/, "Max width", "Max height", /Logo/]) {
+      expect(screen.getByLabelText(label)).toBeTruthy();
+    }
+  });
+});
