@@ -1,7 +1,8 @@
 //! The browser front-end at `/`: the files of `web/dist`, embedded at
 //! build time (`build.rs`), served with what a page that handles tokens
 //! and uploads needs: a strict Content-Security-Policy, long cache
-//! lifetimes for the content-hashed files, and ETags for the rest. And
+//! lifetimes for the content-hashed files, ETags for the rest, and the
+//! Brotli or gzip copy made at build time when the client takes it. And
 //! `GET /ui/config.json`: what the page needs to know about this gateway.
 
 use std::{collections::HashMap, sync::LazyLock};
@@ -34,11 +35,11 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 
 const REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
 
-pub struct WebFile {
+struct WebFile {
     media_type: &'static str,
     immutable: bool,
-    /// The file as built, then its Brotli and gzip copies when the build
-    /// made them (`web/scripts/compress.mjs`), best first.
+    /// Its Brotli and gzip copies when the build made them
+    /// (`web/scripts/compress.mjs`), best first, then the file as built.
     encodings: Vec<Encoded>,
 }
 

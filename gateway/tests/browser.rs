@@ -13,11 +13,11 @@ use std::{
 };
 
 use nws_runtime::testing::{
-    Deployment, amqp_url, eventually, redis_url, test_images_dir, tool, unique_queue,
+    Deployment, amqp_url, redis_url, test_images_dir, tool, unique_queue, until_job_queue,
 };
 use serde_json::Value;
 
-/// Bounds the whole browser run; it takes about a minute.
+/// Bounds the whole browser run; it takes about ten seconds.
 const RUN_BOUND: Duration = Duration::from_secs(600);
 const TRACE_VIEWER: &str = "http://traces.example/trace/{trace_id}";
 
@@ -41,16 +41,7 @@ async fn the_page_works_in_a_real_browser() {
     ];
     let mut deployment = Deployment::start(&every, &[("NWS_TRACE_VIEWER_URL", TRACE_VIEWER)]);
     let gateway = deployment.gateway_url();
-    eventually("the gateway's job queue is ready", async || {
-        let ready: Value = reqwest::get(format!("{gateway}/readyz"))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (ready["jobs"]["fallback"]["status"] == "SERVING").then_some(())
-    })
-    .await;
+    until_job_queue(&gateway, "SERVING").await;
 
     let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web");
     let artifacts =

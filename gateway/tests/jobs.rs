@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use nws_runtime::testing::{
     Deployment, PrivateRabbit, ServiceProcess, amqp_url, eventually, redis_url, test_image, unique_queue,
+    until_job_queue,
 };
 use nws_watermark::pb::{
     ImageFormat, OptimizeOptions, OptimizeRequest, optimize_request, optimize_response,
@@ -45,28 +46,9 @@ impl Queue {
 
     async fn deployment(&self) -> Deployment {
         let deployment = Deployment::start(&self.env(), &[]);
-        until_queue_ready(&deployment.gateway_url()).await;
+        until_job_queue(&deployment.gateway_url(), "SERVING").await;
         deployment
     }
-}
-
-/// Waits until `gateway` is connected to its broker.
-async fn until_queue_ready(gateway: &str) {
-    until_fallback(gateway, "SERVING").await;
-}
-
-/// Waits until `gateway`'s `/readyz` says its job queue is `status`.
-async fn until_fallback(gateway: &str, status: &str) {
-    eventually(&format!("the job queue {status}"), async || {
-        let ready: Value = reqwest::get(format!("{gateway}/readyz"))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (ready["jobs"]["fallback"]["status"] == status).then_some(())
-    })
-    .await;
 }
 
 const WM: &str = "queued";
@@ -425,7 +407,7 @@ async fn with_the_broker_down_no_upload_is_accepted_without_a_persisted_job() {
     accepted_ids.push(id);
 
     broker.kill();
-    until_fallback(&gateway, "UNAVAILABLE").await;
+    until_job_queue(&gateway, "UNAVAILABLE").await;
     let refused = upload(&gateway, image.clone(), "wm_text=during", false).await;
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
@@ -434,7 +416,7 @@ async fn with_the_broker_down_no_upload_is_accepted_without_a_persisted_job() {
 
     // Back, with the job it had persisted; the gateway reconnects alone.
     broker.restart();
-    until_queue_ready(&gateway).await;
+    until_job_queue(&gateway, "SERVING").await;
     let (id, _) = accepted(upload(&gateway, image.clone(), "wm_text=after", false).await).await;
     accepted_ids.push(id);
 
@@ -450,7 +432,7 @@ async fn an_event_stream_on_one_gateway_follows_a_job_queued_through_another() {
     let mut deployment = queue.deployment().await;
     deployment.optimizer.kill();
     let second = deployment.another_gateway(&queue.env());
-    until_queue_ready(&second.url("gateway")).await;
+    until_job_queue(&second.url("gateway"), "SERVING").await;
     let (id, _) = accepted(
         upload(
             &deployment.gateway_url(),

@@ -260,6 +260,21 @@ fn command(binary: &Path, env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// Waits until the gateway at `gateway` (a base URL) says on `/readyz`
+/// that its job queue is `status` (`SERVING` once its broker is connected).
+pub async fn until_job_queue(gateway: &str, status: &str) {
+    eventually(&format!("the gateway's job queue {status}"), async || {
+        let ready: serde_json::Value = reqwest::get(format!("{gateway}/readyz"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (ready["jobs"]["fallback"]["status"] == status).then_some(())
+    })
+    .await;
+}
+
 /// Polls `check` until it gives something, for states no log line
 /// announces (a port closing, a file appearing); panics naming `what`
 /// after a generous timeout.

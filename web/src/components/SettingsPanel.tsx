@@ -62,7 +62,6 @@ export function SettingsPanel({
   const formats = options.format?.enum ?? ["auto", "jpeg", "webp", "avif", "png"];
   const fonts = options.wm_font?.enum ?? ["sans"];
   const quality = range(options.quality, [1, 100]);
-  const box = range(options.max_width, [1, 8192]);
   const maxText = options.wm_text?.maxLength ?? 200;
 
   return (
@@ -221,28 +220,20 @@ export function SettingsPanel({
           />
 
           <div class="pair">
-            <div>
-              <label for="max-width">Max width</label>
-              <input
-                id="max-width"
-                type="number"
-                min={box.min}
-                max={box.max}
-                value={settings.maxWidth}
-                onInput={(e) => set("maxWidth", Math.round(num(e.currentTarget.value, settings.maxWidth)))}
-              />
-            </div>
-            <div>
-              <label for="max-height">Max height</label>
-              <input
-                id="max-height"
-                type="number"
-                min={box.min}
-                max={box.max}
-                value={settings.maxHeight}
-                onInput={(e) => set("maxHeight", Math.round(num(e.currentTarget.value, settings.maxHeight)))}
-              />
-            </div>
+            <BoxSide
+              id="max-width"
+              label="Max width"
+              value={settings.maxWidth}
+              schema={options.max_width}
+              onValue={(side) => set("maxWidth", side)}
+            />
+            <BoxSide
+              id="max-height"
+              label="Max height"
+              value={settings.maxHeight}
+              schema={options.max_height}
+              onValue={(side) => set("maxHeight", side)}
+            />
           </div>
 
           {options.animated && (
@@ -261,5 +252,32 @@ export function SettingsPanel({
         </button>
       </form>
     </details>
+  );
+}
+
+/** One side of the box the image is fitted into, in whole pixels. */
+function BoxSide(props: {
+  id: string;
+  label: string;
+  value: number;
+  schema: OptionSchema | undefined;
+  onValue: (side: number) => void;
+}) {
+  const { min, max } = range(props.schema, [1, 8192]);
+  return (
+    <div>
+      <label for={props.id}>{props.label}</label>
+      <input
+        id={props.id}
+        type="number"
+        min={min}
+        max={max}
+        value={props.value}
+        onInput={(e) => {
+          const typed = e.currentTarget.value.trim();
+          if (typed !== "" && Number.isFinite(Number(typed))) props.onValue(Math.round(Number(typed)));
+        }}
+      />
+    </div>
   );
 }
