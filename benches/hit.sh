@@ -22,14 +22,13 @@ source benches/oha.sh
 command -v nginx >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >&2
 cargo build --release --locked -p nws-mesh >&2
 
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/www" "$WORK/data"
-NWS_HTTP_ADDR=127.0.0.1:0 NWS_RATE_LIMIT_RPS=0 NWS_READ_RATE_LIMIT_RPS=0 NWS_OPTIMIZER_ADDR=127.0.0.1:0 NWS_STORAGE_ADDR=127.0.0.1:0 \
-NWS_DATA_DIR="$WORK/data" NWS_LOG_FORMAT=json RUST_LOG=warn,gateway=info \
-  "$CARGO_TARGET_DIR/release/nws-mesh" > "$WORK/mesh.log" 2>&1 &
-for _ in $(seq 100); do grep -q '"service":"gateway"' "$WORK/mesh.log" 2>/dev/null && break; sleep 0.1; done
-GATEWAY="http://$(grep -o '"service":"gateway","addr":"[^"]*"' "$WORK/mesh.log" | sed 's/.*"addr":"//; s/"$//')"
+mkdir -p "$WORK/www"
+# Warnings only, but the line that says where the gateway listens.
+start_mesh "$WORK/data" RUST_LOG=warn,nws_runtime::http=info,gateway=info
 
 # A result of about 100 KB: the 12 MP photo fitted to 1200×900 at q80.
 PHOTO="${NWS_TEST_IMAGES:-../shared/testdata/images}/kleiber_4000x3000.jpg"
