@@ -87,9 +87,14 @@ async fn the_page_works_in_a_real_browser() {
             }
             match message["ask"].as_str() {
                 Some("stop-optimizer") => deployment.optimizer.kill(),
-                // A job consumer on the same queue; the gateway still
-                // points at the stopped one, so the job is what renders it.
-                Some("start-optimizer") => restarted = Some(deployment.start_optimizer(&every)),
+                // Back where the gateway expects it: the job it consumes
+                // renders the queued upload, and later uploads go to it.
+                Some("start-optimizer") => {
+                    let addr = deployment.optimizer.addr("optimizer").to_string();
+                    let mut env = every.to_vec();
+                    env.push(("NWS_OPTIMIZER_ADDR", addr.as_str()));
+                    restarted = Some(deployment.start_optimizer(&env));
+                }
                 other => panic!("the script asked for {other:?}"),
             }
             answers.write_all(b"ok\n").unwrap();

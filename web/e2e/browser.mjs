@@ -130,6 +130,7 @@ try {
   await desktop();
   await phone();
   await queuedJob();
+  await severalAtOnce();
   await accessibility();
   log("all scenarios passed");
 } finally {
@@ -367,6 +368,58 @@ async function queuedJob() {
   await context.close();
 }
 
+async function severalAtOnce() {
+  log("several at once: a logo, a pasted image and two dropped ones, two uploading at a time");
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const problems = watchProblems(page);
+  const started = [];
+  page.on("request", (request) => {
+    if (request.url().endsWith("/v1/watermark")) started.push(request);
+  });
+  await page.goto(BASE);
+  await page.getByLabel(/Logo/).setInputFiles(join(IMAGES, "seeding_alpha_2000x1125.png"));
+  await page.getByLabel("Format").selectOption("png");
+  // A paste anywhere but a text field is an upload.
+  const pasted = { name: "pasted.jpg", type: "image/jpeg", bytes: readFileSync(join(IMAGES, "tiny_16x16.jpg")) };
+  await page.evaluate(
+    ({ name, type, base64 }) => {
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], name, { type }));
+      document.body.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true }));
+    },
+    { ...pasted, base64: pasted.bytes.toString("base64") },
+  );
+  const dropped = [photo("life_gray_3088x2056.jpg"), photo("tiny_16x16.jpg")];
+  await dropFiles(page, dropped);
+  for (const name of [pasted.name, ...dropped.map((d) => d.name)]) await untilDone(page, name);
+  assert.equal(started.length, 3, "one upload per image");
+  for (const name of [pasted.name, ...dropped.map((d) => d.name)]) {
+    assert.match(await card(page, name).locator('[data-role="result-size"]').textContent(), /, image\/png$/);
+  }
+  // The logo went with each: drawn, the grey photo's result is not grey.
+  const colours = await card(page, "life_gray_3088x2056.jpg")
+    .getByAltText("Watermarked: life_gray_3088x2056.jpg")
+    .evaluate(async (img) => {
+      await img.decode();
+      const canvas = document.createElement("canvas");
+      canvas.width = img.naturalWidth;
+      canvas.height = img.naturalHeight;
+      const context = canvas.getContext("2d");
+      context.drawImage(img, 0, 0);
+      const { data } = context.getImageData(0, 0, canvas.width, canvas.height);
+      let coloured = 0;
+      for (let i = 0; i < data.length; i += 4) {
+        if (Math.max(data[i], data[i + 1], data[i + 2]) - Math.min(data[i], data[i + 1], data[i + 2]) > 40) coloured++;
+      }
+      return coloured;
+    });
+  assert.ok(colours > 500, `the logo's colours are drawn on the grey photo (${colours} coloured pixels)`);
+  await screenshot(page, "06-several-at-once-with-a-logo.png");
+  assert.deepEqual(problems, []);
+  await context.close();
+}
+
 async function accessibility() {
   log("accessibility: axe-core on a page with a result, a refusal and every setting");
   // axe-core writes HTML from strings, which the page's own policy
@@ -398,6 +451,6 @@ async function accessibility() {
       `no serious accessibility violation (${scheme})`,
     );
   }
-  await screenshot(page, "06-accessibility-scan-state.png");
+  await screenshot(page, "07-accessibility-scan-state.png");
   await context.close();
 }
