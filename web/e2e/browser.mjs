@@ -10,7 +10,7 @@
 // there), NWS_E2E_TRACE_VIEWER (the gateway's NWS_TRACE_VIEWER_URL).
 
 import assert from "node:assert/strict";
-import { readFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -45,6 +45,8 @@ function log(message) {
 }
 
 mkdirSync(ARTIFACTS, { recursive: true });
+// This run's screenshots only: an earlier run's are removed, nothing else.
+for (const name of readdirSync(ARTIFACTS)) if (/^\d\d-[a-z0-9-]+\.png$/.test(name)) rmSync(join(ARTIFACTS, name));
 async function screenshot(page, name, fullPage = true) {
   const path = join(ARTIFACTS, name);
   await page.screenshot({ path, fullPage });
