@@ -256,6 +256,12 @@ pub fn view(record: &Record, signer: Option<&UrlSigner>) -> Value {
             Value::String(sign(format!("/v1/images/{key}"))),
         );
     }
+    if let Some(timings) = &record.timings {
+        object.insert(
+            "timings".to_owned(),
+            serde_json::to_value(timings).expect("integers serialise"),
+        );
+    }
     for (name, value) in [
         ("error_code", &record.error_code),
         ("error", &record.error),

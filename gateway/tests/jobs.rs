@@ -230,6 +230,16 @@ async fn an_upload_the_optimizer_cannot_take_is_queued_and_finished_when_it_retu
     // The result is the one a direct call makes.
     let done = job(&gateway, &id).await;
     assert_eq!(done["attempts"], 1);
+    // What its render took, stage by stage, inside the whole attempt.
+    let timings = &done["timings"];
+    let micros = |name: &str| {
+        timings[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {done}"))
+    };
+    let stages = ["decode_us", "resize_us", "watermark_us", "encode_us"].map(micros);
+    assert!(stages[0] > 0 && stages[3] > 0, "{timings}");
+    assert!(micros("render_us") >= stages.iter().sum::<u64>(), "{timings}");
     let result = reqwest::get(format!("{gateway}{}", done["result"].as_str().unwrap()))
         .await
         .unwrap();

@@ -17,7 +17,10 @@ use lapin::{
     types::FieldTable,
 };
 use nws_runtime::telemetry::propagation::continue_trace;
-use nws_watermark::render::{RenderJob, ResultKey};
+use nws_watermark::{
+    pb::StageTimings,
+    render::{RenderJob, ResultKey},
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -25,18 +28,27 @@ use tracing::Instrument as _;
 use crate::{
     Broker, JobsConfig,
     message::{self, Failure, Queued},
-    status::{Record, State, StatusStore},
+    status::{Record, State, StatusStore, Timings},
 };
 
 /// What renders a job and stores its result.
 pub trait Renderer: Send + Sync + 'static {
     /// Renders `job` and keeps the result in Storage; returns the key it
-    /// is kept under. Stops early, with any failure, once `cancel` fires.
+    /// is kept under, with the pipeline's stage times when it rendered it
+    /// (none when the result was kept already). Stops early, with any
+    /// failure, once `cancel` fires.
     fn render(
         &self,
         job: RenderJob,
         cancel: CancellationToken,
-    ) -> impl Future<Output = Result<ResultKey, Failure>> + Send;
+    ) -> impl Future<Output = Result<Rendered, Failure>> + Send;
+}
+
+/// A job's result, kept.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub key: ResultKey,
+    pub stages: Option<StageTimings>,
 }
 
 /// Everything a consumer needs.
@@ -220,9 +232,16 @@ impl<R: Renderer> Consumer<R> {
         let outcome = self.renderer.render(queued.job.clone(), cancel.clone()).await;
         metrics::histogram!("nws_job_attempt_duration_seconds", &[service]).record(started.elapsed());
         match outcome {
-            Ok(key) => {
+            Ok(Rendered { key, stages }) => {
                 let mut done = Record::new(&id, State::Done, attempt);
                 done.result_key = Some(key.to_string());
+                done.timings = stages.map(|stages| Timings {
+                    render_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    decode_us: stages.decode_micros,
+                    resize_us: stages.resize_micros,
+                    watermark_us: stages.watermark_micros,
+                    encode_us: stages.encode_micros,
+                });
                 self.set_status(done).await;
                 match delivery.acker.ack(BasicAckOptions::default()).await {
                     Ok(_) => {

@@ -18,5 +18,5 @@ mod topology;
 
 pub use broker::{Broker, DeadLetter, Link, PublishError};
 pub use config::JobsConfig;
-pub use status::{Record, State, StatusStore};
+pub use status::{Record, State, StatusStore, Timings};
 pub use topology::Topology;

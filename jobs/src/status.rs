@@ -61,12 +61,28 @@ pub struct Record {
     /// When the next attempt is due (`retrying`), RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<String>,
+    /// What the attempt that rendered it took (`done`, when this job's
+    /// attempt rendered the result; not when it was found already kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
     /// When this state began, RFC 3339.
     pub updated: String,
     /// Position among the job's changes (the SSE event id); set by the
     /// store.
     #[serde(default)]
     pub seq: u64,
+}
+
+/// Where a job's rendering time went, in microseconds: the whole attempt
+/// (waiting for a worker, reading the original, keeping the result
+/// included), and the pipeline's stages inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub render_us: u64,
+    pub decode_us: u64,
+    pub resize_us: u64,
+    pub watermark_us: u64,
+    pub encode_us: u64,
 }
 
 impl Record {
@@ -79,6 +95,7 @@ impl Record {
             error_code: None,
             error: None,
             retry_at: None,
+            timings: None,
             updated: now(),
             seq: 0,
         }

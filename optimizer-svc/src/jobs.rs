@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use nws_jobs::{consumer::Renderer, message::Failure};
+use nws_jobs::{
+    consumer::{Rendered, Renderer},
+    message::Failure,
+};
 use nws_runtime::http::code_name;
 use nws_watermark::render::{RenderJob, ResultKey};
 use tokio_util::sync::CancellationToken;
@@ -15,15 +18,21 @@ use crate::{OptimizeError, service::OptimizerService};
 pub(crate) struct QueuedRenders(pub Arc<OptimizerService>);
 
 impl Renderer for QueuedRenders {
-    async fn render(&self, job: RenderJob, cancel: CancellationToken) -> Result<ResultKey, Failure> {
+    async fn render(&self, job: RenderJob, cancel: CancellationToken) -> Result<Rendered, Failure> {
         // Delivered again after its result was kept (an ack lost, a
         // consumer killed after the write): nothing to do.
         if self.0.result_exists(job.key()).await.map_err(failure)? {
             tracing::info!(result_key = %job.key(), "job already done: its result is in storage");
-            return Ok(job.key());
+            return Ok(Rendered {
+                key: job.key(),
+                stages: None,
+            });
         }
         let header = self.0.render_queued(&job, cancel).await.map_err(failure)?;
-        Ok(ResultKey::parse(&header.result_key).unwrap_or_else(|| job.key()))
+        Ok(Rendered {
+            key: ResultKey::parse(&header.result_key).unwrap_or_else(|| job.key()),
+            stages: header.timings,
+        })
     }
 }
 

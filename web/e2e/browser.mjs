@@ -362,9 +362,18 @@ async function queuedJob() {
     `the comparison is ${shape.width}×${shape.height}`,
   );
   assert.match(await done.locator('[data-role="result-size"]').textContent(), /^1440×1080, /);
-  const timings = await shownTimings(done);
+  // The job's own render, stage by stage, then the fetch of its result.
+  const rendered = await shownTimings(done.getByRole("region", { name: "The queued job's render" }));
+  assert.ok(
+    rendered.stages.get("decode") > 0 && rendered.stages.get("encode") > 0,
+    JSON.stringify([...rendered.stages]),
+  );
+  assert.ok(Math.abs(sum([...rendered.stages.values()]) - rendered.steps.get("render")) < 0.05 + 1e-9);
+  assert.equal(rendered.total, rendered.steps.get("render"));
+  const fetched = done.getByRole("region", { name: "Fetching its result" });
+  const timings = await shownTimings(fetched);
   assert.ok(Math.abs(sum([...timings.steps.values()]) - timings.total) < 0.05 + 1e-9);
-  assert.match(await done.locator(".cache").textContent(), /^HIT-(L1|L2|STORE)/);
+  assert.match(await fetched.locator(".cache").textContent(), /^HIT-(L1|L2|STORE)/);
   await screenshot(page, "05-queued-job-done.png");
   assert.deepEqual(problems, []);
   await context.close();

@@ -6,6 +6,7 @@ import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, fetchResult, followJob, upload, type Result } from "./api";
 import type { GatewayConfig } from "./config";
 import { formatBytes } from "./format";
+import { jobPipeline, type Pipeline } from "./timing";
 import { defaults, restore, save, toFields, type Settings } from "./settings";
 import { Card, type Item, type Phase } from "./components/Card";
 import { DropZone } from "./components/DropZone";
@@ -37,8 +38,8 @@ export function App({ config }: { config: GatewayConfig }) {
   }, []);
 
   const finish = useCallback(
-    (id: number, result: Result, queued: boolean) => {
-      setPhase(id, { kind: "done", result, url: URL.createObjectURL(result.blob), queued });
+    (id: number, result: Result, queued: boolean, jobPipeline?: Pipeline) => {
+      setPhase(id, { kind: "done", result, url: URL.createObjectURL(result.blob), queued, jobPipeline });
     },
     [setPhase],
   );
@@ -88,7 +89,8 @@ export function App({ config }: { config: GatewayConfig }) {
         if (final.status !== "done" || !final.result) {
           throw new ApiError(500, final.error_code ?? "FAILED", final.error ?? "the queued job failed");
         }
-        finish(item.id, await fetchResult(final.result, token || undefined, abort.signal), true);
+        const result = await fetchResult(final.result, token || undefined, abort.signal);
+        finish(item.id, result, true, final.timings ? jobPipeline(final.timings) : undefined);
       } catch (error) {
         if (!abort.signal.aborted) fail(item.id, error);
       } finally {

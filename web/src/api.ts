@@ -34,6 +34,16 @@ export interface Job {
   error?: string;
   error_code?: string;
   retry_at?: string;
+  /** What the attempt that rendered it took, in µs (when it rendered it). */
+  timings?: JobTimings;
+}
+
+export interface JobTimings {
+  render_us: number;
+  decode_us: number;
+  resize_us: number;
+  watermark_us: number;
+  encode_us: number;
 }
 
 /** A refusal or failure, as the API described it. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDuration, parseServerTiming, pipeline } from "./timing";
+import { formatDuration, jobPipeline, parseServerTiming, pipeline } from "./timing";
 
 // As the gateway writes it (gateway/src/timing.rs) for a rendered upload.
 const RENDERED =
@@ -41,6 +41,25 @@ describe("Server-Timing", () => {
       ["other", 0.2],
     ]);
     expect(result.total).toBe(0.2);
+  });
+
+  it("shows a queued job's render with its stages and the rest of the attempt", () => {
+    const job = jobPipeline({
+      render_us: 180_400,
+      decode_us: 60_000,
+      resize_us: 20_000,
+      watermark_us: 500,
+      encode_us: 9_000,
+    })!;
+    expect(job.total).toBe(180.4);
+    expect(job.steps.map((s) => s.name)).toEqual(["render"]);
+    expect(job.steps[0].stages!.map((s) => [s.name, s.duration])).toEqual([
+      ["decode", 60],
+      ["resize", 20],
+      ["watermark", 0.5],
+      ["encode", 9],
+      ["queue", 90.9],
+    ]);
   });
 
   it("has no pipeline without a total", () => {

@@ -137,3 +137,22 @@ export function formatDuration(ms: number): string {
   if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
   return `${ms.toFixed(1)} ms`;
 }
+
+/** A queued job's render as a pipeline: the whole attempt, its stages inside. */
+export function jobPipeline(timings: {
+  render_us: number;
+  decode_us: number;
+  resize_us: number;
+  watermark_us: number;
+  encode_us: number;
+}): Pipeline | undefined {
+  const ms = (us: number) => us / 1000;
+  return pipeline([
+    { name: "render", description: "", duration: ms(timings.render_us) },
+    { name: "decode", description: "", duration: ms(timings.decode_us) },
+    { name: "resize", description: "", duration: ms(timings.resize_us) },
+    { name: "watermark", description: "", duration: ms(timings.watermark_us) },
+    { name: "encode", description: "", duration: ms(timings.encode_us) },
+    { name: "total", description: "", duration: ms(timings.render_us) },
+  ]);
+}

@@ -5,6 +5,7 @@ import { useEffect, useState } from "preact/hooks";
 import type { ApiError, Job, Result } from "../api";
 import { explain } from "../errors";
 import { formatBytes } from "../format";
+import type { Pipeline } from "../timing";
 import { Compare } from "./Compare";
 import { PipelineView } from "./PipelineView";
 
@@ -13,7 +14,7 @@ export type Phase =
   | { kind: "uploading"; sent: number; total: number }
   | { kind: "processing" }
   | { kind: "queued"; job: Job }
-  | { kind: "done"; result: Result; url: string; queued: boolean }
+  | { kind: "done"; result: Result; url: string; queued: boolean; jobPipeline?: Pipeline }
   | { kind: "error"; error: ApiError; at: number };
 
 export interface Item {
@@ -174,8 +175,8 @@ export function Card({ item, maxUploadBytes, traceViewer, onRetry, onRemove }: C
               </dd>
             </div>
           </dl>
-          {phase.queued && (
-            <p class="hint">Rendered by the queued job: the times below are those of fetching its result.</p>
+          {phase.jobPipeline && (
+            <PipelineView pipeline={phase.jobPipeline} label="The queued job's render" traceViewer={traceViewer} />
           )}
           {phase.result.pipeline && (
             <PipelineView
@@ -183,6 +184,7 @@ export function Card({ item, maxUploadBytes, traceViewer, onRetry, onRemove }: C
               cache={phase.result.cache}
               traceId={phase.result.traceId}
               traceViewer={traceViewer}
+              label={phase.queued ? "Fetching its result" : undefined}
             />
           )}
           <div class="actions">

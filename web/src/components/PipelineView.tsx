@@ -9,6 +9,8 @@ export interface PipelineViewProps {
   cache?: string;
   traceId?: string;
   traceViewer?: string | null;
+  /** What these times are of, when a card shows more than one set. */
+  label?: string;
 }
 
 const CACHE_WORDS: Record<string, string> = {
@@ -23,11 +25,12 @@ function share(step: Step, total: number): string {
   return total > 0 ? `${Math.max(0.5, (step.duration / total) * 100)}%` : "0%";
 }
 
-export function PipelineView({ pipeline, cache, traceId, traceViewer }: PipelineViewProps) {
+export function PipelineView({ pipeline, cache, traceId, traceViewer, label }: PipelineViewProps) {
   const { steps, total } = pipeline;
   const link = traceId ? traceLink(traceViewer, traceId) : undefined;
   return (
-    <section class="pipeline" aria-label="Where the time went">
+    <section class="pipeline" aria-label={label ?? "Where the time went"}>
+      {label && <h4>{label}</h4>}
       <div class="pipeline-bar" aria-hidden="true">
         {steps.map((step) => (
           <span
