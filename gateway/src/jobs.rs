@@ -123,7 +123,7 @@ impl Jobs {
         if let Ok(Some(record)) = &recorded
             && record.state == State::Done
         {
-            return Ok(Lookup::Found(record.clone()));
+            return Ok(Lookup::Found(Box::new(record.clone())));
         }
         let stored = match is_stored(id, upstreams).await {
             Ok(stored) => stored,
@@ -131,7 +131,7 @@ impl Jobs {
             Err(error) => match &recorded {
                 Ok(Some(record)) => {
                     tracing::debug!(%error, job = %id, "storage unavailable; answering with the recorded status");
-                    return Ok(Lookup::Found(record.clone()));
+                    return Ok(Lookup::Found(Box::new(record.clone())));
                 }
                 _ => return Err(error),
             },
@@ -140,10 +140,10 @@ impl Jobs {
             let previous = recorded.as_ref().ok().and_then(Option::as_ref);
             let mut done = Record::new(id.to_string(), State::Done, previous.map_or(0, |r| r.attempts));
             done.result_key = Some(id.to_string());
-            return Ok(Lookup::Found(done));
+            return Ok(Lookup::Found(Box::new(done)));
         }
         Ok(match recorded {
-            Ok(Some(record)) => Lookup::Found(record),
+            Ok(Some(record)) => Lookup::Found(Box::new(record)),
             // Without Redis a queued job is known only once it is done.
             Ok(None) if self.status.is_none() => Lookup::NotYetKnown,
             Ok(None) => Lookup::Unknown,
@@ -213,7 +213,7 @@ impl Jobs {
 
 /// What a job lookup found.
 pub enum Lookup {
-    Found(Record),
+    Found(Box<Record>),
     /// Nothing anywhere: no such job.
     Unknown,
     /// No result yet, and no status to say more (Redis is not configured,

@@ -69,7 +69,7 @@ pub async fn events(
     // Subscribed before the first look, so no change falls between them.
     let announced = state.jobs.subscribe();
     let first = match state.jobs.lookup(id, &state.upstreams).await? {
-        Lookup::Found(record) => Some(record),
+        Lookup::Found(record) => Some(*record),
         Lookup::Unknown => return Err(unknown(id)),
         Lookup::NotYetKnown => None,
     };
@@ -127,7 +127,7 @@ async fn follow(
             () = state.jobs.stopping.cancelled() => return,
             () = events.closed() => return,
             _ = poll.tick() => match state.jobs.lookup(id, &state.upstreams).await {
-                Ok(Lookup::Found(record)) => Some(record),
+                Ok(Lookup::Found(record)) => Some(*record),
                 _ => None,
             },
             change = recv(&mut announced) => change.filter(|record| record.id == key).map(|record| (*record).clone()),
