@@ -269,13 +269,20 @@ async fn with_auto_avif_the_request_waits_for_the_compact_format() {
 #[tokio::test]
 async fn two_hundred_identical_uploads_run_the_optimizer_once() {
     let mesh = Mesh::start();
-    // Small to send, slow to render (AVIF): the uploads all arrive while
-    // the first one is being computed.
-    let pixels = image::RgbImage::from_fn(2400, 1600, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+    // Small to send (flat 50-pixel blocks: about 100 KB of PNG), slow to
+    // render (12 MP to decode and fit, then AVIF): the uploads all arrive
+    // while the first one is being computed. (A 2400×1600 gradient of a
+    // few MB let the last uploads arrive after the render on a loaded
+    // machine, to be answered from memory, and none coalesced.)
+    let pixels = image::RgbImage::from_fn(4000, 3000, |x, y| {
+        let (column, row) = (x / 50, y / 50);
+        image::Rgb([column as u8 * 3, row as u8 * 4, (column ^ row) as u8 * 2])
+    });
     let mut photo = Vec::new();
     image::DynamicImage::ImageRgb8(pixels)
         .write_to(&mut std::io::Cursor::new(&mut photo), image::ImageFormat::Png)
         .unwrap();
+    assert!(photo.len() < 400_000, "{} bytes of PNG", photo.len());
     let uploads = (0..200).map(|_| upload(&mesh, &photo, "format=avif&wm_text=coalesced", None));
     let results = join_all(uploads).await;
     let mut sources = std::collections::BTreeMap::<String, usize>::new();
