@@ -228,6 +228,11 @@ async function desktop() {
   await page.mouse.click(box.x + box.width * 0.25, box.y + box.height / 2);
   const byMouse = Number(await slider.getAttribute("aria-valuenow"));
   assert.ok(Math.abs(byMouse - 25) <= 1, `a click at 25% puts the handle at ${byMouse}`);
+  // The position grid is now a thumbnail of the photo.
+  assert.match(
+    await page.locator(".position-grid").evaluate((grid) => getComputedStyle(grid).backgroundImage),
+    /url\("blob:/,
+  );
   const shape = await done.locator(".compare").boundingBox();
   assert.ok(
     Math.abs(shape.width / shape.height - 1440 / 1080) < 0.02,

@@ -169,6 +169,7 @@ export function App({ config }: { config: GatewayConfig }) {
             logo={logo}
             onLogo={setLogo}
             initiallyOpen={!matchMedia("(max-width: 760px)").matches}
+            preview={items.find((item) => item.phase.kind === "done")?.originalUrl}
             onReset={() => {
               setSettings(defaults(config.options));
               setLogo(undefined);

@@ -39,6 +39,21 @@ describe("SettingsPanel", () => {
     expect(onChange).toHaveBeenCalledWith(expect.objectContaining({ position: "top-left" }));
   });
 
+  it("lays the anchors over the latest image dropped", () => {
+    const { container } = render(
+      <SettingsPanel
+        settings={defaults(OPTIONS)}
+        options={OPTIONS}
+        onChange={() => {}}
+        onLogo={() => {}}
+        onReset={() => {}}
+        preview="blob:http://localhost/photo"
+      />,
+    );
+    const grid = container.querySelector(".position-grid") as HTMLElement;
+    expect(grid.style.backgroundImage).toContain("blob:http://localhost/photo");
+  });
+
   it("offers the formats the server has, and labels every control", () => {
     render(
       <SettingsPanel

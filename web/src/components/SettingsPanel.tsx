@@ -12,9 +12,14 @@ export interface SettingsPanelProps {
   logo?: File;
   onLogo: (logo: File | undefined) => void;
   onReset: () => void;
+  /** The latest image rendered (a blob: URL of its original): the position grid shows it. */
+  preview?: string;
   /** Open at first; closed on a phone, so the drop zone is on the first screen. */
   initiallyOpen?: boolean;
 }
+
+/** The position grid's backdrop (as in style.css), under the image. */
+const BACKDROP = "linear-gradient(160deg, #7ea6c9, #3f6b4d)";
 
 /** The anchors as a 3×3 grid, reading order. */
 const GRID = ["top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right"];
@@ -54,6 +59,7 @@ export function SettingsPanel({
   onLogo,
   onReset,
   initiallyOpen = true,
+  preview,
 }: SettingsPanelProps) {
   const set = <K extends keyof Settings>(key: K, value: Settings[K]) => onChange({ ...settings, [key]: value });
   const num = (value: string, fallback: number) =>
@@ -84,7 +90,11 @@ export function SettingsPanel({
 
           <fieldset class="positions">
             <legend>Position</legend>
-            <div class="position-grid">
+            <div
+              class={`position-grid${preview ? " with-preview" : ""}`}
+              // Over the plain backdrop, which stays when the browser cannot show the image (HEIC…).
+              style={preview ? { backgroundImage: `url("${preview}"), ${BACKDROP}` } : undefined}
+            >
               {positions.map((p) => (
                 <label key={p} class={`position position-${p}`} title={POSITION_WORDS[p] ?? p}>
                   <input
