@@ -70,6 +70,13 @@ function watchProblems(page) {
   return problems;
 }
 
+/** A page in a fresh browser context (a desktop window unless `options` say otherwise), and the problems it reports. */
+async function openPage(options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ...options });
+  const page = await context.newPage();
+  return { context, page, problems: watchProblems(page) };
+}
+
 /** Drops files on the drop zone as a user's drag and drop does: a drop event carrying them. */
 async function dropFiles(page, files) {
   const payload = files.map(({ name, type, bytes }) => ({ name, type, base64: bytes.toString("base64") }));
@@ -144,9 +151,7 @@ try {
 
 async function desktop() {
   log("desktop: drop a photo, read the timings, move the slider, refuse a text file, keep the settings");
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const problems = watchProblems(page);
+  const { context, page, problems } = await openPage();
   const traceparents = [];
   page.on("request", (request) => {
     if (request.url().endsWith("/v1/watermark"))
@@ -295,14 +300,12 @@ async function desktop() {
 
 async function phone() {
   log("phone: one column, no sideways scrolling, the slider by touch");
-  const context = await browser.newContext({
+  const { context, page, problems } = await openPage({
     viewport: { width: 390, height: 844 },
     deviceScaleFactor: 2,
     isMobile: true,
     hasTouch: true,
   });
-  const page = await context.newPage();
-  const problems = watchProblems(page);
   await page.goto(BASE);
   // The settings start folded, so the drop zone is on the first screen.
   assert.equal(await page.locator("details.settings").getAttribute("open"), null);
@@ -336,9 +339,7 @@ async function phone() {
 async function queuedJob() {
   log("queued job: the optimizer stops, an upload is kept as a job, followed live, done once it starts");
   await ask("stop-optimizer");
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const problems = watchProblems(page);
+  const { context, page, problems } = await openPage();
   await page.goto(BASE);
   const followed = page.waitForRequest((request) => /\/v1\/jobs\/[0-9a-f]{64}\/events$/.test(request.url()), {
     timeout: WAIT,
@@ -386,9 +387,7 @@ async function queuedJob() {
 
 async function severalAtOnce() {
   log("several at once: a logo, a pasted image and two dropped ones, two uploading at a time");
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const problems = watchProblems(page);
+  const { context, page, problems } = await openPage();
   const started = [];
   page.on("request", (request) => {
     if (request.url().endsWith("/v1/watermark")) started.push(request);
@@ -441,8 +440,7 @@ async function accessibility() {
   // axe-core writes HTML from strings, which the page's own policy
   // (require-trusted-types-for 'script') forbids: only this scan bypasses
   // it; every other scenario runs under it and watches for violations.
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, bypassCSP: true });
-  const page = await context.newPage();
+  const { context, page } = await openPage({ bypassCSP: true });
   await page.goto(BASE);
   const tiny = photo("tiny_16x16.jpg");
   await dropFiles(page, [tiny]);

@@ -1,7 +1,7 @@
 import { fireEvent, render, screen } from "@testing-library/preact";
 import { describe, expect, it, vi } from "vitest";
 import { defaults } from "../settings";
-import { SettingsPanel } from "./SettingsPanel";
+import { SettingsPanel, type SettingsPanelProps } from "./SettingsPanel";
 
 const POSITIONS = ["bottom-right", "bottom-left", "top-right", "top-left", "center", "top", "bottom", "left", "right"];
 const OPTIONS = {
@@ -10,18 +10,24 @@ const OPTIONS = {
   quality: { type: "integer" as const, minimum: 1, maximum: 100, default: 85 },
 };
 
+/** The panel at the server's defaults, with `props` over them. */
+function renderPanel(props: Partial<SettingsPanelProps> = {}) {
+  return render(
+    <SettingsPanel
+      settings={defaults(OPTIONS)}
+      options={OPTIONS}
+      onChange={() => {}}
+      onLogo={() => {}}
+      onReset={() => {}}
+      {...props}
+    />,
+  );
+}
+
 describe("SettingsPanel", () => {
   it("offers every anchor the server has on a grid, and picks one", () => {
     const onChange = vi.fn();
-    render(
-      <SettingsPanel
-        settings={defaults(OPTIONS)}
-        options={OPTIONS}
-        onChange={onChange}
-        onLogo={() => {}}
-        onReset={() => {}}
-      />,
-    );
+    renderPanel({ onChange });
     const radios = screen.getAllByRole("radio") as HTMLInputElement[];
     expect(radios.map((r) => r.value)).toEqual([
       "top-left",
@@ -40,30 +46,13 @@ describe("SettingsPanel", () => {
   });
 
   it("lays the anchors over the latest image dropped", () => {
-    const { container } = render(
-      <SettingsPanel
-        settings={defaults(OPTIONS)}
-        options={OPTIONS}
-        onChange={() => {}}
-        onLogo={() => {}}
-        onReset={() => {}}
-        preview="blob:http://localhost/photo"
-      />,
-    );
+    const { container } = renderPanel({ preview: "blob:http://localhost/photo" });
     const grid = container.querySelector(".position-grid") as HTMLElement;
     expect(grid.style.backgroundImage).toContain("blob:http://localhost/photo");
   });
 
   it("offers the formats the server has, and labels every control", () => {
-    render(
-      <SettingsPanel
-        settings={defaults(OPTIONS)}
-        options={OPTIONS}
-        onChange={() => {}}
-        onLogo={() => {}}
-        onReset={() => {}}
-      />,
-    );
+    renderPanel();
     const format = screen.getByLabelText("Format") as HTMLSelectElement;
     expect([...format.options].map((o) => o.value)).toEqual(["auto", "avif", "webp", "jpeg", "png"]);
     for (const label of ["Text", /Opacity/, /Quality/, "Max width", "Max height", /Logo/]) {
