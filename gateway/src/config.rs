@@ -3,6 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Args;
 use nws_runtime::{
     config::{SecretUrl, parse_duration, parse_redis_url, parse_size, parse_size_or_zero},
+    grpc::balance::Routing,
     http::HttpConfig,
 };
 
@@ -20,6 +21,14 @@ pub struct GatewayConfig {
     /// Largest request body accepted (e.g. `25MiB`); larger uploads get 413.
     #[arg(long, env = "NWS_MAX_UPLOAD_BYTES", default_value = "25MiB", value_parser = parse_size)]
     pub max_upload_bytes: u64,
+
+    /// How renders are spread over the optimizers when NWS_OPTIMIZER_URL is
+    /// `dns:///…`: `least` (the one with the fewest calls in flight) or
+    /// `hash` (by the result's cache key, rendezvous hashing: a repeated or
+    /// related request goes to the replica that has its inputs warm, and
+    /// when one of N leaves only its 1/N of the keys move).
+    #[arg(long, env = "NWS_OPTIMIZER_ROUTING", value_enum, default_value_t = Routing::Least)]
+    pub optimizer_routing: Routing,
 
     /// Deadline of each call to an upstream service (sent as `grpc-timeout`).
     #[arg(long, env = "NWS_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]

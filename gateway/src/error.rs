@@ -172,6 +172,14 @@ impl ApiError {
         matches!(self, ApiError::Upstream { upstream, status } if *upstream == from && is_outage(status))
     }
 
+    /// Whether `from`'s connection failed rather than the call: refused,
+    /// reset, cut mid-call, or the server going away (UNAVAILABLE). Another
+    /// replica of `from` may serve the same call.
+    pub fn is_connection_failure_of(&self, from: Upstream) -> bool {
+        matches!(self, ApiError::Upstream { upstream, status }
+            if *upstream == from && (status.code() == Code::Unavailable || is_transport_error(status)))
+    }
+
     /// How long to wait before trying again, when something says: the
     /// upstream's `google.rpc.RetryInfo`, the rest of the breaker's
     /// cool-down, or of the wait the optimizer's last refusal asked for.

@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use axum::Router;
-use http::Uri;
 use nws_runtime::{
+    grpc::target::UpstreamTarget,
     http::{HttpConfig, HttpServer},
     policy::{Policy, PolicyConfig, Role},
     shutdown::Drain,
@@ -60,8 +60,8 @@ pub struct App {
 pub async fn build(
     config: &GatewayConfig,
     policy: &PolicyConfig,
-    optimizer: Uri,
-    storage: Uri,
+    optimizer: UpstreamTarget,
+    storage: UpstreamTarget,
     upstream_tls: &UpstreamTls,
 ) -> anyhow::Result<App> {
     let redis = config
@@ -131,6 +131,8 @@ pub async fn build(
     let bindings = transcode::bindings(nws_watermark::pb::FILE_DESCRIPTOR_SET)
         .context("gateway: the google.api.http annotations in proto/")?;
     let server = HttpServer::bind("gateway", config.http_addr).await?;
+    let optimizer = optimizer.routed_by(config.optimizer_routing);
+    tracing::info!(%optimizer, routing = ?config.optimizer_routing, "optimizer upstream");
     let upstreams = Upstreams::connect_lazy_with(optimizer, storage, config.upstream_timeout, upstream_tls)?
         .with_breaker(&config.breaker)?;
     let state = AppState::new(Shared {

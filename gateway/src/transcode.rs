@@ -228,7 +228,7 @@ async fn call(
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
-        .map_err(|e| ApiError::from_status(binding.upstream)(Status::from_error(e.into())))?;
+        .map_err(|e| ApiError::from_status(binding.upstream)(Status::from_error(e)))?;
     let path: PathAndQuery = format!(
         "/{}/{}",
         binding.method.parent_service().full_name(),

@@ -10,10 +10,15 @@ use std::{
 };
 
 use bytes::Bytes;
+#[cfg(test)]
 use http::Uri;
 use nws_runtime::{
     config::InvalidSetting,
-    grpc::client::{Unready, UpstreamChannel, channel_with, check_health, finish_in_background},
+    grpc::{
+        balance::RoutingKey,
+        client::{Unready, UpstreamChannel, channel_with, check_health, finish_in_background},
+        target::UpstreamTarget,
+    },
     telemetry::GATEWAY,
     tls::UpstreamTls,
 };
@@ -82,8 +87,8 @@ impl Upstreams {
 
     /// Over TLS, with `tls`, for `https://` URLs.
     pub fn connect_lazy_with(
-        optimizer: Uri,
-        storage: Uri,
+        optimizer: UpstreamTarget,
+        storage: UpstreamTarget,
         timeout: Duration,
         tls: &UpstreamTls,
     ) -> Result<Self, InvalidSetting> {
@@ -163,7 +168,22 @@ impl Upstreams {
             upstream: Upstream::Optimizer,
             retry_after: rejected.retry_after,
         })?;
-        let result = self.render_now(job, priority).await;
+        let mut result = self.render_now(job, priority).await;
+        // A render is the same whoever makes it (its result is keyed by
+        // what it is made of), so one an optimizer replica could not serve
+        // (its connection refused or cut: killed, restarting, scaled in)
+        // is made by another; the balancer has already taken the failed
+        // one out of turn. As many tries as there are replicas.
+        let mut tries = 1;
+        while tries < self.optimizer.inner().endpoints()
+            && matches!(&result, Err(error) if error.is_connection_failure_of(Upstream::Optimizer))
+        {
+            if let Err(error) = &result {
+                tracing::warn!(%error, tries, "an optimizer replica failed; rendering on another");
+            }
+            result = self.render_now(job, priority).await;
+            tries += 1;
+        }
         call.finish(match &result {
             Err(error) if error.is_outage_of(Upstream::Optimizer) => Outcome::Failure,
             _ => Outcome::Success,
@@ -196,8 +216,14 @@ impl Upstreams {
         priority: RenderPriority,
     ) -> Result<(OptimizeHeader, Bytes), ApiError> {
         let read = async {
+            let mut request = self.request(job.request(true, priority));
+            // NWS_OPTIMIZER_ROUTING=hash sends a key to the replica that
+            // made it before.
+            request
+                .extensions_mut()
+                .insert(RoutingKey::of(job.key().to_string()));
             let responses = OptimizerClient::new(self.optimizer.clone())
-                .render(self.request(job.request(true, priority)))
+                .render(request)
                 .await?
                 .into_inner();
             let (header, mut bytes) = stream::open(responses).await?;

@@ -14,6 +14,7 @@ use http::Uri;
 use nws_runtime::{
     config::{CommonConfig, parse_upstream_url},
     grpc::GrpcServer,
+    grpc::target::UpstreamTarget,
     policy::{Policy, Role},
     shutdown::Drain,
 };
@@ -40,13 +41,13 @@ pub struct MeshConfig {
     /// URL of an Optimizer gRPC service to use (e.g. `http://optimizer:50051`).
     /// Unset: an Optimizer runs in this process on NWS_OPTIMIZER_ADDR.
     #[arg(long, env = "NWS_OPTIMIZER_URL", value_parser = parse_upstream_url)]
-    pub optimizer_url: Option<Uri>,
+    pub optimizer_url: Option<UpstreamTarget>,
 
     /// URL of a Storage gRPC service to use (e.g. `http://storage:50052`),
     /// by the gateway and the embedded Optimizer alike. Unset: a Storage
     /// service runs in this process on NWS_STORAGE_ADDR.
     #[arg(long, env = "NWS_STORAGE_URL", value_parser = parse_upstream_url)]
-    pub storage_url: Option<Uri>,
+    pub storage_url: Option<UpstreamTarget>,
 
     #[command(flatten)]
     pub common: CommonConfig,
@@ -74,7 +75,10 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     // policy; they check tokens too when it sends one of its own.
     let embedded_policy = Policy::build(&config.common.policy, Role::Embedded, services_stop.clone()).await?;
     let storage_url = upstream(
-        config.storage_url.clone(),
+        config
+            .storage_url
+            .clone()
+            .map(|url| url.resolved_every(config.common.resolve_interval)),
         async {
             Ok(Embedded::Storage(
                 storage_svc::build(config.storage.clone())
@@ -88,7 +92,10 @@ pub async fn run(config: MeshConfig, shutdown: CancellationToken) -> anyhow::Res
     )
     .await?;
     let optimizer_url = upstream(
-        config.optimizer_url.clone(),
+        config
+            .optimizer_url
+            .clone()
+            .map(|url| url.resolved_every(config.common.resolve_interval)),
         async {
             // It consumes the jobs its gateway queues, with the same settings.
             let jobs = optimizer_svc::JobSource {
@@ -174,19 +181,19 @@ impl Embedded {
 }
 
 async fn upstream(
-    url: Option<Uri>,
+    url: Option<UpstreamTarget>,
     build: impl Future<Output = anyhow::Result<Embedded>>,
     embedded: &mut JoinSet<anyhow::Result<()>>,
     stop: &CancellationToken,
     drain: Drain,
-) -> anyhow::Result<Uri> {
+) -> anyhow::Result<UpstreamTarget> {
     if let Some(url) = url {
         return Ok(url);
     }
     let app = build.await?;
     let url = loopback_url(app.local_addr())?;
     embedded.spawn(app.run_until_stopped(stop.clone(), drain));
-    Ok(url)
+    Ok(url.into())
 }
 
 fn loopback_url(addr: std::net::SocketAddr) -> anyhow::Result<Uri> {

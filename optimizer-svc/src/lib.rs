@@ -15,11 +15,11 @@ mod storage;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use http::Uri;
 use nws_jobs::{Broker, JobsConfig, StatusStore, consumer::Consumer};
 use nws_runtime::{
     config::SecretUrl,
     grpc::GrpcServer,
+    grpc::target::UpstreamTarget,
     policy::Policy,
     shutdown::Drain,
     telemetry::OPTIMIZER,
@@ -57,7 +57,7 @@ pub struct App {
 /// consumed too.
 pub async fn build(
     config: OptimizerConfig,
-    storage: Option<Uri>,
+    storage: Option<UpstreamTarget>,
     upstream_tls: &UpstreamTls,
     jobs: JobSource<'_>,
 ) -> anyhow::Result<App> {

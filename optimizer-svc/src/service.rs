@@ -805,6 +805,7 @@ fn describe(
     let (display_width, display_height) = output.source.display_size();
     tracing::info!(
         rpc,
+        result_key = result_key.as_ref().map(tracing::field::display),
         input_bytes,
         output_bytes = output.bytes.len(),
         width = output.width,

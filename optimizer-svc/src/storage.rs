@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::Uri;
 use nws_runtime::{
     config::InvalidSetting,
     grpc::client::{UpstreamChannel, channel_with, finish_in_background},
+    grpc::target::UpstreamTarget,
     telemetry::OPTIMIZER,
     tls::UpstreamTls,
 };
@@ -36,7 +36,7 @@ pub struct OriginalStore {
 }
 
 impl OriginalStore {
-    pub fn connect_lazy(url: Uri, tls: &UpstreamTls) -> Result<Self, InvalidSetting> {
+    pub fn connect_lazy(url: UpstreamTarget, tls: &UpstreamTls) -> Result<Self, InvalidSetting> {
         Ok(Self {
             client: StorageClient::new(channel_with(url, OPTIMIZER.name, tls)?),
         })

@@ -8,6 +8,8 @@ use clap::{
     error::{ContextKind, ContextValue, ErrorKind},
 };
 
+pub use crate::grpc::target::parse_upstream_url;
+
 /// Exit status for a configuration error (BSD `EX_USAGE`).
 pub const EX_USAGE: i32 = 64;
 
@@ -38,6 +40,12 @@ pub struct CommonConfig {
     /// has none); empty: off.
     #[arg(long, env = "NWS_ADMIN_ADDR", value_parser = parse_admin_addr)]
     pub admin_addr: Option<AdminAddr>,
+
+    /// How often an upstream given as `dns:///host:port` is resolved
+    /// again, so new addresses get calls and vanished ones stop getting
+    /// them (a failed connection also takes an address out of turn at once).
+    #[arg(long, env = "NWS_RESOLVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub resolve_interval: Duration,
 
     #[command(flatten)]
     pub policy: crate::policy::PolicyConfig,
@@ -220,15 +228,6 @@ fn one_line<T: CommandFactory>(error: &clap::Error) -> String {
     }
 }
 
-/// The URL of a gRPC service this process calls, e.g. `http://storage:50052`.
-pub fn parse_upstream_url(value: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = value.parse().map_err(|e| format!("not a URL ({e})"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(_)) => Ok(uri),
-        _ => Err("expected http://host:port or https://host:port".to_owned()),
-    }
-}
-
 /// `NWS_REDIS_URL`, read by every process that talks to Redis.
 pub fn parse_redis_url(value: &str) -> Result<SecretUrl, String> {
     match value.split_once("://") {
@@ -306,15 +305,6 @@ impl fmt::Display for SecretUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_urls_need_a_scheme_and_host() {
-        assert!(parse_upstream_url("http://127.0.0.1:50051").is_ok());
-        assert!(parse_upstream_url("https://optimizer.svc:443").is_ok());
-        assert!(parse_upstream_url("127.0.0.1:50051").is_err());
-        assert!(parse_upstream_url("ftp://x").is_err());
-        assert!(parse_upstream_url("not a url").is_err());
-    }
 
     #[test]
     fn secret_urls_show_no_password() {

@@ -2,11 +2,13 @@
 //! and learn the addresses it bound from its JSON logs.
 
 mod deployment;
+mod dns;
 mod rabbit;
 mod redis;
 pub mod tokens;
 
 pub use deployment::{Deployment, DeploymentEnv};
+pub use dns::DnsServer;
 pub use rabbit::{PrivateRabbit, amqp_url, unique_queue};
 pub use redis::{PrivateRedis, redis_command, redis_url};
 

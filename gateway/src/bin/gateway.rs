@@ -2,9 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gateway::GatewayConfig;
-use http::Uri;
 use nws_runtime::{
     config::{CommonConfig, parse_or_exit, parse_upstream_url},
+    grpc::target::UpstreamTarget,
     telemetry::{GATEWAY, Services},
 };
 
@@ -21,13 +21,16 @@ struct Cli {
     #[command(flatten)]
     gateway: GatewayConfig,
 
-    /// URL of the Optimizer gRPC service, e.g. `http://optimizer:50051`.
+    /// URL of the Optimizer gRPC service, e.g. `http://optimizer:50051`, or
+    /// `dns:///optimizer-headless:50051` to spread calls over every address
+    /// of the name (NWS_OPTIMIZER_ROUTING says how).
     #[arg(long, env = "NWS_OPTIMIZER_URL", value_parser = parse_upstream_url)]
-    optimizer_url: Uri,
+    optimizer_url: UpstreamTarget,
 
-    /// URL of the Storage gRPC service, e.g. `http://storage:50052`.
+    /// URL of the Storage gRPC service, e.g. `http://storage:50052` (or
+    /// `dns:///…`, balanced by load).
     #[arg(long, env = "NWS_STORAGE_URL", value_parser = parse_upstream_url)]
-    storage_url: Uri,
+    storage_url: UpstreamTarget,
 
     #[command(flatten)]
     common: CommonConfig,
@@ -43,8 +46,8 @@ async fn main() -> ExitCode {
         let app = gateway::build(
             &cli.gateway,
             &cli.common.policy,
-            cli.optimizer_url,
-            cli.storage_url,
+            cli.optimizer_url.resolved_every(cli.common.resolve_interval),
+            cli.storage_url.resolved_every(cli.common.resolve_interval),
             &upstream_tls,
         )
         .await?

@@ -1,10 +1,10 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use http::Uri;
 use nws_jobs::JobsConfig;
 use nws_runtime::{
     config::{CommonConfig, SecretUrl, parse_or_exit, parse_redis_url, parse_upstream_url},
+    grpc::target::UpstreamTarget,
     policy::{Policy, Role},
     telemetry::{OPTIMIZER, Services},
 };
@@ -26,7 +26,7 @@ struct Cli {
     /// Render reads originals from and keeps results in. Unset: Render is
     /// refused; Optimize and Probe work.
     #[arg(long, env = "NWS_STORAGE_URL", value_parser = parse_upstream_url)]
-    storage_url: Option<Uri>,
+    storage_url: Option<UpstreamTarget>,
 
     #[command(flatten)]
     jobs: JobsConfig,
@@ -57,10 +57,16 @@ async fn main() -> ExitCode {
                 config: &cli.jobs,
                 redis: cli.redis_url.as_ref(),
             };
-            let app = optimizer_svc::build(cli.optimizer, cli.storage_url, &upstream_tls, jobs)
-                .await?
-                .with_tls(tls)
-                .with_policy(policy);
+            let app = optimizer_svc::build(
+                cli.optimizer,
+                cli.storage_url
+                    .map(|url| url.resolved_every(cli.common.resolve_interval)),
+                &upstream_tls,
+                jobs,
+            )
+            .await?
+            .with_tls(tls)
+            .with_policy(policy);
             app.run_until_stopped(shutdown.cancelled_owned(), cli.common.drain())
                 .await
         },

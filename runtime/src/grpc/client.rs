@@ -7,73 +7,80 @@ use std::{fmt, time::Duration};
 
 use http::Uri;
 use nws_watermark::stream::ByteStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tracing::Instrument as _;
 
-use super::ObservedService;
+use super::{ObservedService, balance::Balanced, target::UpstreamTarget};
 use crate::{config::InvalidSetting, tls::UpstreamTls};
 
 /// The channel type every upstream client uses. Client layers wrap it here
 /// and nowhere else.
-pub type UpstreamChannel = ObservedService<Channel>;
+pub type UpstreamChannel = ObservedService<Balanced>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A channel to `uri` for calls made on behalf of `caller` (the service of
-/// this process that makes them: their spans and metrics are its). It
+/// A channel to `target` for calls made on behalf of `caller` (the service
+/// of this process that makes them: their spans and metrics are its). It
 /// connects on first use and reconnects by itself, so a process starts (and
 /// reports not ready) while an upstream is down, and recovers when it
-/// returns.
+/// returns. A `dns:` target gets a connection per address, and each call
+/// goes to one of them ([`super::balance`]).
 ///
 /// Without client TLS settings: an `https://` URL gets a channel whose
 /// every connection attempt fails (never plain text); use [`channel_with`].
-pub fn channel(uri: Uri, caller: &'static str) -> UpstreamChannel {
-    lazy(uri, caller, &UpstreamTls::default())
+pub fn channel(target: impl Into<UpstreamTarget>, caller: &'static str) -> UpstreamChannel {
+    lazy(target.into(), caller, &UpstreamTls::default())
 }
 
 /// As [`channel`], with `tls` for an `https://` URL: the upstream's
 /// certificate is checked against NWS_UPSTREAM_TLS_CA, and the client
 /// certificate, if any, presented. An `https://` URL without
-/// NWS_UPSTREAM_TLS_CA is a configuration error.
+/// NWS_UPSTREAM_TLS_CA is a configuration error. `dns:` targets speak plain
+/// text (h2c) to each address.
 pub fn channel_with(
-    uri: Uri,
+    target: impl Into<UpstreamTarget>,
     caller: &'static str,
     tls: &UpstreamTls,
 ) -> Result<UpstreamChannel, InvalidSetting> {
-    if is_https(&uri) && !tls.is_configured() {
+    let target = target.into();
+    if target.is_https() && !tls.is_configured() {
         return Err(InvalidSetting::new(
             "NWS_UPSTREAM_TLS_CA",
             format!(
-                "unset, and the upstream {uri} is https://: set it to the CA that signed its certificate"
+                "unset, and the upstream {target} is https://: set it to the CA that signed its certificate"
             ),
         ));
     }
-    Ok(lazy(uri, caller, tls))
+    Ok(lazy(target, caller, tls))
 }
 
-fn is_https(uri: &Uri) -> bool {
-    uri.scheme_str() == Some("https")
+fn lazy(target: UpstreamTarget, caller: &'static str, tls: &UpstreamTls) -> UpstreamChannel {
+    let balanced = match target {
+        UpstreamTarget::Url(uri) if uri.scheme_str() == Some("https") => {
+            // tonic's own connector would speak plain text to an https://
+            // URL (its TLS features, which would bring a second TLS stack,
+            // are off).
+            Balanced::one(endpoint(uri).connect_with_connector_lazy(tls.connector()))
+        }
+        UpstreamTarget::Url(uri) => Balanced::one(endpoint(uri).connect_lazy()),
+        UpstreamTarget::Dns(target) => Balanced::resolve(target, caller, |addr| {
+            let uri = Uri::try_from(format!("http://{addr}")).expect("an address is a valid authority");
+            endpoint(uri).connect_lazy()
+        }),
+    };
+    ObservedService::client(balanced, caller)
 }
 
-fn lazy(uri: Uri, caller: &'static str, tls: &UpstreamTls) -> UpstreamChannel {
-    let https = is_https(&uri);
-    let endpoint = Endpoint::from(uri)
+fn endpoint(uri: Uri) -> Endpoint {
+    Endpoint::from(uri)
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    // tonic's own connector would speak plain text to an https:// URL (its
-    // TLS features, which would bring a second TLS stack, are off).
-    let channel = if https {
-        endpoint.connect_with_connector_lazy(tls.connector())
-    } else {
-        endpoint.connect_lazy()
-    };
-    ObservedService::client(channel, caller)
+        .keep_alive_while_idle(true)
 }
 
 /// Reads the rest of a response stream whose bytes the caller already has

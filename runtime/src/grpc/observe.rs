@@ -287,6 +287,11 @@ impl<S> ObservedService<S> {
             service,
         }
     }
+
+    /// The service calls go through.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ObservedService<S>

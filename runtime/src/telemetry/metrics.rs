@@ -86,6 +86,10 @@ fn describe() {
         "Calls checked against a caller's rate limit, by bucket (upload, read) and outcome (allowed, limited)"
     );
     describe_gauge!(
+        "nws_upstream_endpoints",
+        "Addresses an upstream given as dns:///name:port resolves to, that calls are spread over"
+    );
+    describe_gauge!(
         "nws_build_info",
         "1, labelled with the version and pipeline version"
     );
