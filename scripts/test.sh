@@ -174,7 +174,7 @@ fi
 echo "NWS_TEST_AMQP_URL=$NWS_TEST_AMQP_URL"
 echo "NWS_RABBITMQ_SERVER=$NWS_RABBITMQ_SERVER ($(readlink -f "$NWS_RABBITMQ_SERVER"))"
 
-step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator, prometheus-client (the text format parser), cryptography (RSA keys for the token tests)"
+step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator, prometheus-client (the text format parser), cryptography (RSA keys for the token tests), kubernetes-validate and check-jsonschema (the deployment files' schemas)"
 VENV="$TOOLS/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -248,3 +248,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --all-targets --locked
+
+step "deployment files: Kubernetes and Compose schemas; the Dockerfile, docker-compose.yml, k8s/ and deploy/prometheus against the binaries (scripts/check_deploy.py)"
+# After cargo test: it reads each binary's --help (the settings it takes,
+# their defaults), and cargo test has just built them into target/debug for
+# the integration tests. A `cargo build --bins` before it would be a second
+# build of nearly everything: tests unify other features (tokio's test-util,
+# the runtime's test-support). kubectl, for `kubectl kustomize`, is the
+# machine's (the registries here have none recent enough: Debian's is 1.20);
+# without it the script validates the base's raw files and says that the
+# overlays were not rendered.
+"$VENV/bin/python" scripts/check_deploy.py --bin-dir "$CARGO_TARGET_DIR/debug"
