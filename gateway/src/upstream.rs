@@ -171,15 +171,16 @@ impl Upstreams {
         let mut result = self.render_now(job, priority).await;
         // A render is the same whoever makes it (its result is keyed by
         // what it is made of), so one an optimizer replica could not serve
-        // (its connection refused or cut: killed, restarting, scaled in)
-        // is made by another; the balancer has already taken the failed
-        // one out of turn. As many tries as there are replicas.
+        // (its connection refused or cut: killed, restarting, scaled in;
+        // or its line full) is made by another; the balancer has already
+        // taken that one out of turn. As many tries as there are replicas.
         let mut tries = 1;
         while tries < self.optimizer.inner().endpoints()
-            && matches!(&result, Err(error) if error.is_connection_failure_of(Upstream::Optimizer))
+            && matches!(&result, Err(error) if error.is_connection_failure_of(Upstream::Optimizer)
+                || error.upstream_code(Upstream::Optimizer) == Some(tonic::Code::ResourceExhausted))
         {
             if let Err(error) = &result {
-                tracing::warn!(%error, tries, "an optimizer replica failed; rendering on another");
+                tracing::warn!(%error, tries, "an optimizer replica could not take the render; making it on another");
             }
             result = self.render_now(job, priority).await;
             tries += 1;
@@ -400,23 +401,30 @@ mod tests {
     /// Upstreams whose optimizer is a served [`Scripted`], behind a breaker
     /// set as `breaker`; the server stops with the returned guard.
     async fn serve(breaker: &BreakerConfig) -> (Upstreams, Scripted, DropGuard) {
+        let (addr, optimizer, stop) = serve_on("127.0.0.1:0".parse().unwrap()).await;
+        let uri: Uri = format!("http://{addr}").parse().unwrap();
+        let upstreams = Upstreams::connect_lazy(uri.clone(), uri, Duration::from_secs(10))
+            .with_breaker(breaker)
+            .unwrap();
+        (upstreams, optimizer, stop)
+    }
+
+    /// A [`Scripted`] optimizer served on `addr`, until the guard drops.
+    async fn serve_on(addr: std::net::SocketAddr) -> (std::net::SocketAddr, Scripted, DropGuard) {
         let optimizer = Scripted::default();
-        let server = GrpcServer::bind("optimizer", "127.0.0.1:0".parse().unwrap())
+        let server = GrpcServer::bind("optimizer", addr)
             .await
             .unwrap()
             .add_service(OptimizerServer::new(optimizer.clone()))
             .await;
-        let uri: Uri = format!("http://{}", server.local_addr()).parse().unwrap();
+        let addr = server.local_addr();
         let stop = CancellationToken::new();
         let drain = Drain {
             delay: Duration::ZERO,
             timeout: Duration::from_secs(1),
         };
         tokio::spawn(server.run_until_stopped(stop.clone().cancelled_owned(), drain));
-        let upstreams = Upstreams::connect_lazy(uri.clone(), uri, Duration::from_secs(10))
-            .with_breaker(breaker)
-            .unwrap();
-        (upstreams, optimizer, stop.drop_guard())
+        (addr, optimizer, stop.drop_guard())
     }
 
     fn job() -> RenderJob {
@@ -582,5 +590,62 @@ mod tests {
             assert!(error.is_outage_of(Upstream::Optimizer), "{error}");
         }
         assert_eq!(upstreams.optimizer_breaker().state, State::Open);
+    }
+
+    /// Two replicas behind one name, routed by the job's key: the one the
+    /// key ranks first refuses for load, so the render is made on the
+    /// other, and the next one goes there straight away.
+    #[tokio::test]
+    async fn a_replica_that_refuses_for_load_passes_the_render_to_the_next() {
+        use nws_runtime::grpc::balance::{Routing, RoutingKey, endpoint_id, rendezvous};
+
+        let ips = [
+            std::net::Ipv4Addr::new(127, 0, 0, 2),
+            std::net::Ipv4Addr::new(127, 0, 0, 3),
+        ];
+        let port = {
+            let probe = std::net::TcpListener::bind((ips[0], 0)).unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let mut replicas = Vec::new();
+        for ip in ips {
+            replicas.push(serve_on(std::net::SocketAddr::from((ip, port))).await);
+        }
+        let addrs: Vec<_> = replicas.iter().map(|(addr, ..)| *addr).collect();
+        let first = rendezvous(
+            RoutingKey::of(job().key().to_string()),
+            addrs.iter().map(|addr| endpoint_id(*addr)),
+        )
+        .unwrap();
+        let (preferred, other) = (&replicas[first].1, &replicas[1 - first].1);
+        preferred.answer(Some(busy(Some(Duration::from_secs(30)))));
+
+        let dns = nws_runtime::testing::DnsServer::start("optimizer.test", &ips);
+        let target: UpstreamTarget = dns
+            .url(port)
+            .parse::<UpstreamTarget>()
+            .unwrap()
+            .routed_by(Routing::Hash);
+        let storage: Uri = "http://127.0.0.1:9".parse().unwrap();
+        let upstreams = Upstreams::connect_lazy_with(
+            target,
+            storage.into(),
+            Duration::from_secs(10),
+            &UpstreamTls::default(),
+        )
+        .unwrap();
+
+        render(&upstreams, RenderPriority::Interactive).await.unwrap();
+        assert_eq!((preferred.calls(), other.calls()), (1, 1));
+        assert!(
+            upstreams.optimizer_admits().is_ok(),
+            "one full replica holds nothing off"
+        );
+        render(&upstreams, RenderPriority::Interactive).await.unwrap();
+        assert_eq!(
+            (preferred.calls(), other.calls()),
+            (1, 2),
+            "the full one sits out"
+        );
     }
 }

@@ -312,7 +312,10 @@ async fn renders_spread_over_replicas_survive_a_killed_one_and_reach_an_added_on
     // out of turn) were made elsewhere.
     let retried = replicas
         .gateway
-        .until_logged("an optimizer replica failed; rendering on another", 1)
+        .until_logged(
+            "an optimizer replica could not take the render; making it on another",
+            1,
+        )
         .await;
     eprintln!("renders retried on another replica: {}", retried.len());
     replicas.optimizers.remove(&victim).unwrap().kill();

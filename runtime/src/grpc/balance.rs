@@ -10,8 +10,10 @@
 //! - An address whose connection fails (refused, reset mid-call) is taken
 //!   out of turn at once for a second, doubling up to 30 s while it keeps
 //!   failing, and put back by its first answer: a killed pod stops getting
-//!   calls before DNS notices. When every address is out, each is tried
-//!   anyway and the name is resolved again at once.
+//!   calls before DNS notices. One that refuses a call for load
+//!   (RESOURCE_EXHAUSTED) sits out half a second, without that doubling:
+//!   the caller can make the call again on another. When every address is
+//!   out, each is tried anyway and the name is resolved again at once.
 //! - [`Routing::Least`] sends a call to the address with the fewest calls in
 //!   flight (a response body counts until it ends), in turn among equals.
 //!   [`Routing::Hash`] sends a call carrying a [`RoutingKey`] to the address
@@ -110,6 +112,9 @@ pub fn endpoint_id(addr: SocketAddr) -> u64 {
 
 const FIRST_OUT: Duration = Duration::from_secs(1);
 const LONGEST_OUT: Duration = Duration::from_secs(30);
+/// How long a replica that refused a call for load is passed over: about
+/// one render, so the next calls go elsewhere while its line shortens.
+const BUSY_OUT: Duration = Duration::from_millis(500);
 /// How long a call waits for a name's first resolution.
 const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(5);
 /// Resolutions asked for by calls (every address out) come no closer.
@@ -225,6 +230,14 @@ impl Endpoint {
         tracing::debug!(endpoint = %self.addr, failures = health.failures, ?out, "endpoint out of turn");
     }
 
+    /// It refused a call for load: out of turn briefly, its failures
+    /// untouched (it answers; it is full).
+    fn busy(&self) {
+        let mut health = self.health();
+        let until = Instant::now() + BUSY_OUT;
+        health.out_until = Some(health.out_until.map_or(until, |out| out.max(until)));
+    }
+
     fn answered(&self) {
         let mut health = self.health();
         if health.failures > 0 {
@@ -261,7 +274,11 @@ impl Pool {
         let answer = endpoint.channel.clone().oneshot(request).await;
         match answer {
             Ok(response) => {
-                endpoint.answered();
+                if refused_for_load(&response) {
+                    endpoint.busy();
+                } else {
+                    endpoint.answered();
+                }
                 Ok(response.map(|body| Body::new(Tracked { body, in_flight })))
             }
             Err(error) => {
@@ -439,6 +456,15 @@ impl NameResolver {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// Whether a response is a refusal for load: a trailers-only answer
+/// (status in the headers) with RESOURCE_EXHAUSTED.
+fn refused_for_load<B>(response: &http::Response<B>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == b"8")
 }
 
 /// A call counted in its endpoint's load until dropped.
