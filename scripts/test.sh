@@ -240,6 +240,23 @@ fi
 export NWS_CHROMIUM
 "$NWS_CHROMIUM" --version
 
+step "bubblewrap: the services run as uid 10001 on a read-only root, as the image and k8s/ run them"
+NWS_BWRAP="${NWS_BWRAP:-$(command -v bwrap || true)}"
+if [ -z "$NWS_BWRAP" ]; then
+  echo "installing: bubblewrap (Debian's)"
+  if ! system_install bubblewrap || ! NWS_BWRAP="$(command -v bwrap)"; then
+    cat >&2 <<'HELP'
+error: the read-only root test needs bubblewrap, and this user cannot install
+packages (neither root nor password-less sudo). Install it, then run this again:
+  Debian, Ubuntu:  sudo apt-get install bubblewrap
+or point NWS_BWRAP at a bwrap binary.
+HELP
+    exit 1
+  fi
+fi
+export NWS_BWRAP
+"$NWS_BWRAP" --version
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

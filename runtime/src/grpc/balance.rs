@@ -544,6 +544,7 @@ mod tests {
         let before: Vec<_> = (0..KEYS).map(|k| owner(k, &three)).collect();
         for addr in &three {
             let share = before.iter().filter(|a| *a == addr).count() as f64 / KEYS as f64;
+            eprintln!("{addr} owns {:.2}% of {KEYS} keys", 100.0 * share);
             assert!((share - 1.0 / 3.0).abs() < 0.02, "{addr}: {share}");
         }
 
@@ -553,6 +554,10 @@ mod tests {
         let on_the_leaver = before.iter().filter(|a| **a == three[2]).count();
         assert_eq!(moved, on_the_leaver, "only the leaver's keys move");
         let moved_share = moved as f64 / KEYS as f64;
+        eprintln!(
+            "one of three leaves: {moved} of {KEYS} keys move ({:.2}%)",
+            100.0 * moved_share
+        );
         assert!((moved_share - 1.0 / 3.0).abs() < 0.02, "{moved_share}");
 
         let four = addrs(4);
@@ -563,6 +568,10 @@ mod tests {
             "keys move only to the newcomer"
         );
         let taken_share = taken as f64 / KEYS as f64;
+        eprintln!(
+            "a fourth joins: {taken} of {KEYS} keys move ({:.2}%)",
+            100.0 * taken_share
+        );
         assert!((taken_share - 0.25).abs() < 0.02, "{taken_share}");
     }
 
