@@ -285,6 +285,39 @@ async fn an_upload_goes_through_mtls_on_every_hop() {
     mesh.optimizer.until_logged("optimized", 1).await;
 }
 
+/// A balanced name over mTLS: each address is dialled by its own channel,
+/// and its certificate checked against the name (`localhost` here, the
+/// name the test certificates carry), not the address. (The resolver
+/// answers `localhost` itself, RFC 6761; the test's DNS server stands by.)
+#[tokio::test]
+async fn a_balanced_optimizer_name_is_reached_over_mtls() {
+    let mesh = Deployed::start();
+    let dns = nws_runtime::testing::DnsServer::start("localhost", &[std::net::Ipv4Addr::LOCALHOST]);
+    let optimizer = dns.url(mesh.optimizer.addr("optimizer").port());
+    let ca = mesh.pki.ca_path();
+    let client = mesh.pki.issue("balanced-client", "nws client");
+    let gateway = mesh.another_gateway(&[
+        ("NWS_OPTIMIZER_URL", optimizer.as_str()),
+        ("NWS_UPSTREAM_TLS_CA", ca.to_str().unwrap()),
+        ("NWS_UPSTREAM_TLS_CERT", client.cert.to_str().unwrap()),
+        ("NWS_UPSTREAM_TLS_KEY", client.key.to_str().unwrap()),
+    ]);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/watermark?format=png", gateway.url("gateway")))
+        .body(test_image("tiny_16x16.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let endpoints = gateway.until_logged("upstream endpoints", 1).await;
+    let address = mesh.optimizer.addr("optimizer").to_string();
+    assert!(
+        endpoints[0]["added"].as_str().unwrap().contains(&address),
+        "{endpoints:?}"
+    );
+    mesh.optimizer.until_logged("optimized", 1).await;
+}
+
 /// The alert the server sent, if the connection ended on one.
 fn alert(error: &std::io::Error) -> Option<AlertDescription> {
     match error.get_ref()?.downcast_ref::<rustls::Error>()? {

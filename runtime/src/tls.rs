@@ -314,6 +314,17 @@ impl UpstreamTls {
     pub(crate) fn connector(&self) -> UpstreamConnector {
         UpstreamConnector {
             client: self.client.clone(),
+            dial: None,
+        }
+    }
+
+    /// The connector of a channel to one address of a balanced name: it
+    /// dials `addr`, and checks the certificate against the name in the
+    /// channel's URL, as for the name itself.
+    pub(crate) fn connector_to(&self, addr: SocketAddr) -> UpstreamConnector {
+        UpstreamConnector {
+            client: self.client.clone(),
+            dial: Some(addr),
         }
     }
 }
@@ -323,6 +334,8 @@ impl UpstreamTls {
 #[derive(Clone)]
 pub(crate) struct UpstreamConnector {
     client: Option<Arc<Reloading<ClientConfig>>>,
+    /// The address to dial instead of resolving the URL's host.
+    dial: Option<SocketAddr>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -338,6 +351,7 @@ impl tower::Service<Uri> for UpstreamConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let client = self.client.as_ref().map(|client| client.current().1);
+        let dial = self.dial;
         Box::pin(async move {
             // A channel made without client settings never falls back to
             // plain text for an https:// URL.
@@ -346,7 +360,10 @@ impl tower::Service<Uri> for UpstreamConnector {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let port = uri.port_u16().unwrap_or(443);
             let server_name = ServerName::try_from(host.to_owned())?;
-            let tcp = TcpStream::connect((host, port)).await?;
+            let tcp = match dial {
+                Some(addr) => TcpStream::connect(addr).await?,
+                None => TcpStream::connect((host, port)).await?,
+            };
             tcp.set_nodelay(true)?;
             let tls = TlsConnector::from(client).connect(server_name, tcp).await?;
             Ok(TokioIo::new(tls))

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use futures_util::{TryFutureExt as _, future::BoxFuture};
 use hickory_resolver::{
     Resolver,
-    config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts},
+    config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
 };
 use http_body::Frame;
@@ -433,6 +433,8 @@ impl NameResolver {
         // Each resolution asks again, whatever TTL the answer had.
         options.positive_max_ttl = Some(Duration::ZERO);
         options.negative_max_ttl = Some(Duration::ZERO);
+        // The server named in the URL answers, not /etc/hosts.
+        options.use_hosts_file = ResolveHosts::Never;
         let resolver = Resolver::builder_with_config(
             ResolverConfig::from_name_servers(vec![name_server]),
             TokioRuntimeProvider::default(),

@@ -39,8 +39,9 @@ pub fn channel(target: impl Into<UpstreamTarget>, caller: &'static str) -> Upstr
 /// As [`channel`], with `tls` for an `https://` URL: the upstream's
 /// certificate is checked against NWS_UPSTREAM_TLS_CA, and the client
 /// certificate, if any, presented. An `https://` URL without
-/// NWS_UPSTREAM_TLS_CA is a configuration error. `dns:` targets speak plain
-/// text (h2c) to each address.
+/// NWS_UPSTREAM_TLS_CA is a configuration error. A `dns:` target speaks TLS
+/// to each address when NWS_UPSTREAM_TLS_CA is set (each certificate must
+/// name the DNS name), plain text (h2c) otherwise.
 pub fn channel_with(
     target: impl Into<UpstreamTarget>,
     caller: &'static str,
@@ -67,6 +68,14 @@ fn lazy(target: UpstreamTarget, caller: &'static str, tls: &UpstreamTls) -> Upst
             Balanced::one(endpoint(uri).connect_with_connector_lazy(tls.connector()))
         }
         UpstreamTarget::Url(uri) => Balanced::one(endpoint(uri).connect_lazy()),
+        UpstreamTarget::Dns(target) if tls.is_configured() => {
+            let tls = tls.clone();
+            let uri = Uri::try_from(format!("https://{}:{}", target.host, target.port))
+                .expect("a DNS target's name and port make a valid authority");
+            Balanced::resolve(target, caller, move |addr| {
+                endpoint(uri.clone()).connect_with_connector_lazy(tls.connector_to(addr))
+            })
+        }
         UpstreamTarget::Dns(target) => Balanced::resolve(target, caller, |addr| {
             let uri = Uri::try_from(format!("http://{addr}")).expect("an address is a valid authority");
             endpoint(uri).connect_lazy()
