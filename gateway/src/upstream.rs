@@ -168,21 +168,27 @@ impl Upstreams {
             upstream: Upstream::Optimizer,
             retry_after: rejected.retry_after,
         })?;
-        let mut result = self.render_now(job, priority).await;
+        // One deadline for the render, however many replicas it takes.
+        let deadline = Instant::now() + self.timeout;
+        let mut result = self.render_now(job, priority, self.timeout).await;
         // A render is the same whoever makes it (its result is keyed by
         // what it is made of), so one an optimizer replica could not serve
         // (its connection refused or cut: killed, restarting, scaled in;
         // or its line full) is made by another; the balancer has already
-        // taken that one out of turn. As many tries as there are replicas.
+        // taken that one out of turn. As many tries as there are replicas,
+        // within the deadline.
         let mut tries = 1;
-        while tries < self.optimizer.inner().endpoints()
-            && matches!(&result, Err(error) if error.is_connection_failure_of(Upstream::Optimizer)
+        while let Err(error) = &result
+            && tries < self.optimizer.inner().endpoints()
+            && (error.is_connection_failure_of(Upstream::Optimizer)
                 || error.upstream_code(Upstream::Optimizer) == Some(tonic::Code::ResourceExhausted))
         {
-            if let Err(error) = &result {
-                tracing::warn!(%error, tries, "an optimizer replica could not take the render; making it on another");
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            result = self.render_now(job, priority).await;
+            tracing::warn!(%error, tries, "an optimizer replica could not take the render; making it on another");
+            result = self.render_now(job, priority, left).await;
             tries += 1;
         }
         call.finish(match &result {
@@ -211,13 +217,16 @@ impl Upstreams {
         }
     }
 
+    /// One call to one optimizer replica, with `timeout` as its deadline.
     async fn render_now(
         &self,
         job: &RenderJob,
         priority: RenderPriority,
+        timeout: Duration,
     ) -> Result<(OptimizeHeader, Bytes), ApiError> {
         let read = async {
-            let mut request = self.request(job.request(true, priority));
+            let mut request = tonic::Request::new(job.request(true, priority));
+            request.set_timeout(timeout);
             // NWS_OPTIMIZER_ROUTING=hash sends a key to the replica that
             // made it before.
             request
