@@ -1037,6 +1037,17 @@ def check_kubernetes(objects: list[dict], rendered: bool, code: Code, describe, 
                 check_kubernetes_url(container, setting, value, ns(pod.obj), services, pods, problems)
 
 
+def referenced_data(what: str, ref: dict, store, namespace: str, rendered: bool, where: str,
+                    problems: Problems) -> dict | None:
+    """The data of the ConfigMap or Secret `ref` names, or None. A missing
+    ConfigMap is a problem once rendered (generators made them all); a
+    Secret comes from the environment, so its absence is not."""
+    data = store.get((namespace, ref.get("name")))
+    if data is None and what == "ConfigMap" and rendered and not ref.get("optional"):
+        problems.add(where, f"no ConfigMap {ref.get('name')} in these manifests")
+    return data
+
+
 def kubernetes_container(c: dict, where: str, namespace: str, config_maps, secrets, rendered: bool, code: Code,
                          problems: Problems) -> Container | None:
     # command replaces the image's ENTRYPOINT (and drops its CMD), args its CMD.
@@ -1053,16 +1064,12 @@ def kubernetes_container(c: dict, where: str, namespace: str, config_maps, secre
     origin: dict[str, str] = {}
     for i, source in enumerate(c.get("envFrom") or []):
         prefix = source.get("prefix", "")
-        for kind, store in (("configMapRef", config_maps), ("secretRef", secrets)):
+        for kind, store, what in (("configMapRef", config_maps, "ConfigMap"), ("secretRef", secrets, "Secret")):
             ref = source.get(kind)
             if not ref:
                 continue
-            data = store.get((namespace, ref.get("name")))
-            if data is None:
-                if kind == "configMapRef" and rendered and not ref.get("optional"):
-                    problems.add(f"{where}.envFrom[{i}]", f"no ConfigMap {ref.get('name')} in these manifests")
-                continue
-            for key, value in data.items():
+            data = referenced_data(what, ref, store, namespace, rendered, f"{where}.envFrom[{i}]", problems)
+            for key, value in (data or {}).items():
                 values[prefix + key] = value
                 origin[prefix + key] = f"{where}.envFrom[{i}] ({kind} {ref.get('name')}): {prefix + key}"
     for entry in c.get("env") or []:
@@ -1077,10 +1084,9 @@ def kubernetes_container(c: dict, where: str, namespace: str, config_maps, secre
             ref = value_from.get(kind)
             if not ref:
                 continue
-            data = store.get((namespace, ref.get("name")))
+            data = referenced_data(what, ref, store, namespace, rendered, f"{where}.env[{name}]", problems)
             if data is None:
-                if what == "ConfigMap" and rendered and not ref.get("optional"):
-                    problems.add(f"{where}.env[{name}]", f"no ConfigMap {ref.get('name')} in these manifests")
+                pass
             elif ref.get("key") in data:
                 values[name] = data[ref["key"]]
             elif not ref.get("optional"):
